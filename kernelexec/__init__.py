@@ -1,0 +1,39 @@
+"""kernelexec: run code in persistent, Jupyter-kernel-backed sessions.
+
+>>> import kernelexec as kx
+>>> with kx.Session(timeout=30) as s:
+...     s.execute("x = 2")
+...     s.execute("x * 21").result
+'42'
+"""
+
+from ._errors import (
+    CellExecutionError,
+    ExecutionFailed,
+    InvalidArgument,
+    KernelexecError,
+    KernelStartError,
+    SessionClosed,
+    TooManySessions,
+)
+from ._result import ErrorInfo, ExecutionResult
+from ._session import AsyncSession, Session
+from ._traceback import Frame
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncSession",
+    "CellExecutionError",
+    "ErrorInfo",
+    "ExecutionFailed",
+    "ExecutionResult",
+    "Frame",
+    "InvalidArgument",
+    "KernelStartError",
+    "KernelexecError",
+    "Session",
+    "SessionClosed",
+    "TooManySessions",
+    "__version__",
+]

@@ -1,0 +1,149 @@
+"""The ZMQ channels of a local kernel, read on the asyncio loop without polling.
+
+Each socket's ``zmq.FD`` (and, on Linux, a pidfd for the kernel process) is watched with
+``loop.add_reader``: a receive returns a ready message at once, or sleeps until a socket has one,
+the kernel process exits, or the timeout passes. Nothing wakes up on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from jupyter_client.session import Session as ProtocolSession
+from jupyter_client.session import json_unpacker
+
+Message = dict[str, Any]
+CHANNELS = (("iopub", zmq.SUB), ("shell", zmq.DEALER), ("stdin", zmq.DEALER))
+
+
+def channel_url(info: dict[str, Any], channel: str) -> str:
+    if info["transport"] == "tcp":
+        return f"tcp://{info['ip']}:{info[f'{channel}_port']}"
+    return f"{info['transport']}://{info['ip']}-{info[f'{channel}_port']}"
+
+
+class ZmqChannels:
+    """iopub, shell and stdin sockets of one kernel, with a waker on the event loop."""
+
+    def __init__(self, context: zmq.Context, info: dict[str, Any], session: ProtocolSession):
+        self.session = session
+        self._sockets: list[tuple[str, zmq.Socket]] = []
+        for channel, kind in CHANNELS:
+            socket = context.socket(kind)
+            socket.linger = 0
+            if kind == zmq.DEALER:
+                socket.identity = session.bsession  # stdin replies are routed by this identity
+            if channel == "iopub":
+                socket.setsockopt(zmq.SUBSCRIBE, b"")
+            socket.connect(channel_url(info, channel))
+            self._sockets.append((channel, socket))
+        self._by_name = dict(self._sockets)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._watched_fds: list[int] = []
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start waking receivers on ``loop`` when a socket becomes readable."""
+        self._loop = loop
+        for _, socket in self._sockets:
+            fd = socket.getsockopt(zmq.FD)
+            loop.add_reader(fd, self._on_socket_event, socket)
+            self._watched_fds.append(fd)
+
+    def watch_fd(self, fd: int, on_ready: Callable[[], None]) -> None:
+        """Also wake receivers when ``fd`` is readable; ``on_ready`` runs once, then it is unwatched."""
+        assert self._loop is not None
+
+        def ready() -> None:
+            self._unwatch(fd)
+            on_ready()
+            self._wake()
+
+        self._loop.add_reader(fd, ready)
+        self._watched_fds.append(fd)
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any], parent: Message | None = None) -> str:
+        msg = self.session.send(self._by_name[channel], msg_type, content, parent=parent)
+        return msg["header"]["msg_id"]
+
+    def try_receive(self) -> tuple[str, Message] | None:
+        """A message that is ready on any channel, or ``None`` without waiting."""
+        for channel, socket in self._sockets:
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                continue
+            return channel, self._deserialize(frames)
+        return None
+
+    def any_ready(self) -> bool:
+        # Reading ZMQ_EVENTS also re-arms the edge-triggered FD, so it must come after a drain.
+        return any(socket.getsockopt(zmq.EVENTS) & zmq.POLLIN for _, socket in self._sockets)
+
+    async def wait(self, timeout: float | None) -> None:
+        """Sleep until a socket or watched fd may be readable, or ``timeout`` seconds pass."""
+        if self.any_ready():
+            return
+        loop = self._loop
+        assert loop is not None
+        waiter = self._waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(max(timeout, 0), _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def close(self) -> None:
+        for fd in list(self._watched_fds):
+            self._unwatch(fd)
+        for _, socket in self._sockets:
+            socket.close(linger=0)
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+    def _unwatch(self, fd: int) -> None:
+        if fd in self._watched_fds:
+            self._watched_fds.remove(fd)
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(fd)
+
+    def _on_socket_event(self, socket: zmq.Socket) -> None:
+        if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+    def _deserialize(self, frames: list[bytes]) -> Message:
+        _, msg_frames = self.session.feed_identities(frames, copy=True)
+        try:
+            return self.session.deserialize(msg_frames, content=True, copy=True)
+        except (UnicodeDecodeError, ValueError):
+            # A fast unpacker (orjson) rejects invalid UTF-8; the tolerant one replaces it.
+            unpack = self.session.unpack
+            self.session.unpack = json_unpacker
+            try:
+                return self.session.deserialize(msg_frames, content=True, copy=True)
+            finally:
+                self.session.unpack = unpack
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when process ``pid`` exits (Linux), else ``None``."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+

@@ -1,0 +1,79 @@
+"""The exceptions kernelexec raises.
+
+Code that fails inside the kernel is never raised: it is data in the ``ExecutionResult``, until
+the caller asks for an exception with ``result.raise_for_error()``. What is raised is about the
+machinery or the caller's own request::
+
+    KernelexecError
+    ├── KernelStartError      the kernel could not be started (bad kernel name, never ready, bad cwd)
+    ├── SessionClosed         the session (or manager) was shut down and cannot run code
+    ├── TooManySessions       a SessionManager already holds max_sessions sessions
+    ├── ExecutionFailed       raise_for_error() on a result that is not ok
+    │   └── CellExecutionError  a notebook cell failed during run_notebook
+    └── (ValueError)          InvalidArgument: an option has a value that cannot work
+
+Every message says what happened and what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._result import ExecutionResult
+
+
+class KernelexecError(Exception):
+    """Base class of every exception kernelexec raises."""
+
+
+class InvalidArgument(KernelexecError, ValueError):
+    """An argument has a value kernelexec cannot work with (e.g. a negative timeout)."""
+
+
+class KernelStartError(KernelexecError):
+    """The kernel could not be started, or did not become ready in time."""
+
+
+class SessionClosed(KernelexecError):
+    """The session was shut down; start a new one to run more code."""
+
+
+class TooManySessions(KernelexecError):
+    """A SessionManager already holds its maximum number of sessions."""
+
+
+class ExecutionFailed(KernelexecError):
+    """Raised by ``ExecutionResult.raise_for_error()`` when the result is not ok.
+
+    The result is in ``.result``: its outputs, traceback and status are all still there.
+    """
+
+    def __init__(self, result: ExecutionResult) -> None:
+        self.result = result
+        super().__init__(self._describe(result))
+
+    @staticmethod
+    def _describe(result: ExecutionResult) -> str:
+        if result.error is not None:
+            return f"execution ended with status {result.status!r}: {result.error.headline}"
+        return f"execution ended with status {result.status!r}"
+
+
+class CellExecutionError(ExecutionFailed):
+    """A notebook cell failed while running a notebook with ``allow_errors=False``.
+
+    Carries the cell index, the exception name and value, and the plain-text traceback.
+    """
+
+    def __init__(self, result: ExecutionResult, cell_index: int) -> None:
+        self.cell_index = cell_index
+        error = result.error
+        self.ename = error.ename if error else result.status
+        self.evalue = error.evalue if error else ""
+        self.traceback = error.text if error else result.text
+        super().__init__(result)
+        self.args = (
+            f"cell {cell_index} failed with {self.ename}: {self.evalue}\n\n{self.traceback}\n"
+            "Fix the cell, or pass allow_errors=True to record the error and go on.",
+        )

@@ -1,0 +1,402 @@
+"""Kernel backends: the one seam between a session and wherever its kernel runs.
+
+A session talks to its kernel only through ``KernelBackend``: send a request, receive the next
+message (or learn that the kernel died), interrupt, shut down. ``LocalKernel`` implements it over
+jupyter_client's ``AsyncKernelManager``; other backends (a gateway) implement the same protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+import zmq
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
+
+from ._channels import Message, ZmqChannels, open_pidfd
+from ._errors import KernelStartError
+
+# Messages already sent by a kernel that just died may still be on their way through ZMQ.
+DEATH_DRAIN_SECONDS = 0.05
+# How long a kernel may take to exit after a shutdown_request before it is killed.
+GRACEFUL_EXIT_SECONDS = 1.0
+# Without a pidfd (non-Linux), how often to check whether the kernel process is alive.
+EXIT_CHECK_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class KernelDeath:
+    """What is known about how a kernel process ended."""
+
+    exit_code: int | None = None
+    signal_number: int | None = None
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.signal_number is not None:
+            name = _signal_name(self.signal_number)
+            cause = f"the kernel process was killed by {name}"
+            if self.signal_number == getattr(signal, "SIGKILL", None):
+                cause += (
+                    " (usually the out-of-memory killer or a memory limit, or something outside"
+                    " killed it)"
+                )
+            elif self.signal_number == getattr(signal, "SIGSEGV", None):
+                cause += " (a crash in native code)"
+        elif self.exit_code is not None:
+            cause = f"the kernel process exited with code {self.exit_code}"
+        else:
+            cause = self.detail or "the connection to the kernel was lost"
+        return cause
+
+
+class KernelDied(Exception):
+    """Internal: the kernel ended while we were waiting for it."""
+
+    def __init__(self, death: KernelDeath) -> None:
+        super().__init__(death.describe())
+        self.death = death
+
+
+class KernelBackend(Protocol):
+    """What a session needs from a kernel, wherever it runs."""
+
+    kernel_id: str
+    info: dict[str, Any]  # the kernel_info_reply content
+
+    def request(self, channel: str, msg_type: str, content: dict[str, Any], parent: Message | None = None) -> str:
+        """Send a message; returns its msg_id."""
+
+    async def receive(self, timeout: float | None) -> tuple[str, Message] | None:
+        channels = self._channels
+        if channels is None:
+            raise KernelDied(KernelDeath(detail="the kernel was shut down"))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise KernelDied(KernelDeath(detail="the kernel was shut down"))
+            item = channels.try_receive()
+            if item is not None:
+                return item
+            if channels.any_ready():
+                continue
+            now = time.monotonic()
+            if self._exited_at is None and self._pidfd is None and not self.is_alive:
+                self._exited_at = now
+            if self._exited_at is not None:  # death outranks the deadline: say why it ended
+                drain_left = self._exited_at + DEATH_DRAIN_SECONDS - now
+                if drain_left <= 0:
+                    raise KernelDied(self.death())
+                await channels.wait(drain_left)
+                continue
+            if deadline is not None and now >= deadline:
+                return None
+            wait = None if deadline is None else deadline - now
+            if self._pidfd is None:
+                wait = EXIT_CHECK_SECONDS if wait is None else min(wait, EXIT_CHECK_SECONDS)
+            await channels.wait(wait)
+
+    async def interrupt(self) -> None:
+        """Interrupt the running code, as the kernel spec's interrupt mode says."""
+
+    async def shutdown(self) -> None:
+        """Stop the kernel (gracefully if it answers) and release everything held for it."""
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether the kernel is still running."""
+
+
+class LocalKernel:
+    """A kernel process on this machine, started by jupyter_client's ``AsyncKernelManager``.
+
+    It uses the IPC transport (no TCP ports to race for, nothing on the network), sends the
+    kernel's stderr to a private temporary file that explains a crash, and learns of the process's
+    exit through a pidfd on Linux rather than by polling.
+    """
+
+    def __init__(self, manager: AsyncKernelManager, stderr_file: IO[bytes]) -> None:
+        self._manager = manager
+        self._stderr_file = stderr_file
+        self._channels: ZmqChannels | None = None
+        self._pidfd: int | None = None
+        self._exited_at: float | None = None
+        self._closed = False
+        self.info: dict[str, Any] = {}
+
+    @property
+    def kernel_id(self) -> str:
+        return self._manager.kernel_id or ""
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return getattr(self._manager.provisioner, "process", None)
+
+    @property
+    def is_alive(self) -> bool:
+        process = self.process
+        return process is not None and process.poll() is None
+
+    @classmethod
+    async def start(
+        cls,
+        kernel_name: str,
+        *,
+        cwd: str | None,
+        env: dict[str, str],
+        startup_timeout: float,
+    ) -> LocalKernel:
+        """Start a kernel and return it once it answers requests on every channel."""
+        manager = _new_manager(kernel_name)
+        kernel = cls(manager, tempfile.TemporaryFile(prefix="kernelexec-stderr-"))
+        _LIVE_KERNELS.add(kernel)
+        try:
+            await manager.start_kernel(
+                cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=kernel._stderr_file,
+            )  # fmt: skip
+            kernel._connect()
+            kernel.info = await wait_until_ready(kernel, startup_timeout, f"kernel {kernel_name!r}")
+        except BaseException as error:
+            await kernel.shutdown(graceful=False)
+            if isinstance(error, KernelDied):
+                raise KernelStartError(
+                    f"the {kernel_name!r} kernel died while starting: {error.death.describe()}."
+                    f"{_format_detail(kernel.stderr_tail())}"
+                ) from None
+            if isinstance(error, (OSError, subprocess.SubprocessError)):
+                raise KernelStartError(f"could not launch the {kernel_name!r} kernel: {error}") from error
+            raise
+        return kernel
+
+    def request(self, channel: str, msg_type: str, content: dict[str, Any], parent: Message | None = None) -> str:
+        assert self._channels is not None
+        return self._channels.send(channel, msg_type, content, parent)
+
+    async def receive(self, timeout: float | None) -> tuple[str, Message] | None:
+        channels = self._channels
+        if channels is None:
+            raise KernelDied(KernelDeath(detail="the kernel was shut down"))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise KernelDied(KernelDeath(detail="the kernel was shut down"))
+            item = channels.try_receive()
+            if item is not None:
+                return item
+            if channels.any_ready():
+                continue
+            now = time.monotonic()
+            if self._exited_at is None and self._pidfd is None and not self.is_alive:
+                self._exited_at = now
+            wait = None if deadline is None else deadline - now
+            if self._exited_at is not None:
+                drain_left = self._exited_at + DEATH_DRAIN_SECONDS - now
+                if drain_left <= 0:
+                    raise KernelDied(self.death())
+                wait = drain_left if wait is None else min(wait, drain_left)
+            elif self._pidfd is None:
+                wait = EXIT_CHECK_SECONDS if wait is None else min(wait, EXIT_CHECK_SECONDS)
+            if wait is not None and wait <= 0:
+                return None
+            await channels.wait(wait)
+            if deadline is not None and time.monotonic() >= deadline and not channels.any_ready():
+                if self._exited_at is None:
+                    return None
+
+    async def interrupt(self) -> None:
+        if self.is_alive:
+            await self._manager.interrupt_kernel()
+
+    async def shutdown(self, *, graceful: bool = True) -> None:
+        """Ask the kernel to exit, kill it (and its process group) if it does not, clean up."""
+        if self._closed:
+            return
+        self._closed = True
+        _LIVE_KERNELS.discard(self)
+        try:
+            if graceful and self._channels is not None and self._pidfd is not None and self.is_alive:
+                await self._exit_gracefully()
+        finally:
+            self._close_channels()  # before the manager terminates the ZMQ context they live in
+            try:
+                if self._manager.has_kernel:
+                    await self._manager.shutdown_kernel(now=True)
+                else:
+                    self._manager.cleanup_resources()
+            finally:
+                self._release_process()
+
+    def kill_now(self) -> None:
+        """Synchronous last resort (interpreter exit): kill the process group, remove files."""
+        if self._closed:
+            return
+        self._closed = True
+        _LIVE_KERNELS.discard(self)
+        self._close_channels()
+        self._release_process()
+        try:
+            self._manager.cleanup_resources()
+        except Exception:  # exiting anyway: a file we could not remove must not mask that
+            pass
+
+    def death(self) -> KernelDeath:
+        process = self.process
+        code = process.poll() if process is not None else None
+        if code is not None and code < 0:
+            return KernelDeath(signal_number=-code, detail=self.stderr_tail())
+        return KernelDeath(exit_code=code, detail=self.stderr_tail())
+
+    def stderr_tail(self, max_bytes: int = 2000) -> str:
+        """The end of what the kernel process wrote to its stderr."""
+        try:
+            size = self._stderr_file.seek(0, os.SEEK_END)
+            self._stderr_file.seek(max(0, size - max_bytes))
+            return self._stderr_file.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def _connect(self) -> None:
+        manager = self._manager
+        context = zmq.Context.shadow(manager.context.underlying)
+        self._channels = ZmqChannels(context, manager.get_connection_info(), manager.session)
+        self._channels.watch(asyncio.get_running_loop())
+        process = self.process
+        self._pidfd = open_pidfd(process.pid) if process is not None else None
+        if self._pidfd is not None:
+            self._channels.watch_fd(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        self._exited_at = time.monotonic()
+
+    async def _exit_gracefully(self) -> None:
+        assert self._channels is not None
+        await self._manager.request_shutdown()
+        deadline = time.monotonic() + GRACEFUL_EXIT_SECONDS
+        while self._exited_at is None and time.monotonic() < deadline:
+            await self._channels.wait(deadline - time.monotonic())
+            while self._channels.try_receive() is not None:
+                pass  # output of the exiting kernel is of no use now
+
+    def _close_channels(self) -> None:
+        if self._channels is not None:
+            self._channels.close()
+            self._channels = None
+
+    def _release_process(self) -> None:
+        _kill_process_group(self._manager)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._stderr_file.close()
+
+
+async def wait_until_ready(kernel: KernelBackend, timeout: float, what: str) -> dict[str, Any]:
+    """Wait until ``kernel`` answers on shell *and* publishes on iopub; returns its kernel_info.
+
+    A kernel_info_request is re-sent until its iopub ``status`` arrives too: a SUB socket that is
+    still connecting misses messages, and the first execute must not lose its outputs.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        msg_id = kernel.request("shell", "kernel_info_request", {})
+        reply: dict[str, Any] | None = None
+        resend_at = None
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise KernelStartError(
+                    f"{what} did not become ready within {timeout:g} s. Raise startup_timeout if "
+                    "the machine is busy, or check that the kernel starts on its own "
+                    "(jupyter console --kernel NAME)."
+                )
+            wait = deadline - now if resend_at is None else min(deadline, resend_at) - now
+            if resend_at is not None and wait <= 0:
+                break
+            item = await kernel.receive(wait)
+            if item is None:
+                continue
+            channel, msg = item
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if channel == "shell":
+                reply = msg["content"]
+                resend_at = time.monotonic() + 0.2
+            elif channel == "iopub" and msg["header"]["msg_type"] == "status":
+                if reply is not None:
+                    return reply
+                resend_at = None
+
+
+def installed_kernel_names() -> list[str]:
+    return sorted(KernelSpecManager().find_kernel_specs())
+
+
+def _new_manager(kernel_name: str) -> AsyncKernelManager:
+    kernel_id = str(uuid.uuid4())
+    runtime_dir = jupyter_runtime_dir()
+    os.makedirs(runtime_dir, exist_ok=True)
+    manager = AsyncKernelManager(
+        kernel_name=kernel_name,
+        transport="ipc",
+        connection_file=os.path.join(runtime_dir, f"kernel-{kernel_id}.json"),
+        ip=os.path.join(runtime_dir, f"kx-{kernel_id[:13]}"),  # socket paths must stay short
+    )
+    manager.kernel_id = kernel_id
+    try:
+        manager.kernel_spec  # noqa: B018 - resolves the spec, raising NoSuchKernel early
+    except NoSuchKernel:
+        names = ", ".join(installed_kernel_names()) or "none"
+        raise KernelStartError(
+            f"no kernel spec named {kernel_name!r} is installed (installed: {names}). Pass one of "
+            "those as kernel_name, or install one, e.g. `python -m ipykernel install --user`."
+        ) from None
+    return manager
+
+
+def _kill_process_group(manager: AsyncKernelManager) -> None:
+    """End whatever the user's code started in the kernel's process group."""
+    pgid = getattr(manager.provisioner, "pgid", None)
+    if pgid and hasattr(os, "killpg"):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    process = getattr(manager.provisioner, "process", None)
+    if process is not None:
+        try:
+            process.kill()
+            process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _format_detail(detail: str) -> str:
+    return f" Its last words on stderr:\n{detail}" if detail else ""
+
+
+_LIVE_KERNELS: set[LocalKernel] = set()
+
+
+@atexit.register
+def _kill_live_kernels() -> None:
+    """Kernels must not outlive their owner, even one that never called shutdown()."""
+    for kernel in list(_LIVE_KERNELS):
+        kernel.kill_now()

@@ -1,0 +1,89 @@
+"""Session options: defaults and validation in one place, shared by every face of the API."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ._collector import OutputCallback
+from ._env import InheritEnv, kernel_environment
+from ._errors import InvalidArgument
+
+InputHandler = Callable[[str, bool], str]
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Everything a session is configured with; validated on construction."""
+
+    kernel_name: str = "python3"
+    timeout: float = 60.0
+    interrupt_grace: float = 3.0
+    startup_timeout: float = 60.0
+    cwd: str | None = None
+    env: Mapping[str, str | None] | None = None
+    inherit_env: InheritEnv = "scrub"
+    startup_code: str | None = None
+    max_output_bytes: int = 1_000_000
+    memory_limit: int | None = None
+    on_output: OutputCallback | None = None
+    spill_dir: str | None = None
+    input_handler: InputHandler | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kernel_name, str) or not self.kernel_name:
+            raise InvalidArgument(f"kernel_name must be a non-empty string, not {self.kernel_name!r}")
+        for name in ("timeout", "interrupt_grace", "startup_timeout"):
+            _check_seconds(name, getattr(self, name))
+        if not isinstance(self.max_output_bytes, int) or self.max_output_bytes < 2:
+            raise InvalidArgument(
+                f"max_output_bytes must be an int of at least 2, not {self.max_output_bytes!r}"
+            )
+        if self.memory_limit is not None and (
+            not isinstance(self.memory_limit, int) or self.memory_limit <= 0
+        ):
+            raise InvalidArgument(
+                f"memory_limit must be a positive number of bytes or None, not {self.memory_limit!r}"
+            )
+        for name in ("cwd", "spill_dir"):
+            path = getattr(self, name)
+            if path is not None:
+                path = os.fspath(path)
+                if not os.path.isdir(path):
+                    raise InvalidArgument(f"{name} {path!r} is not an existing directory")
+                object.__setattr__(self, name, os.path.abspath(path))
+        if self.startup_code is not None and not isinstance(self.startup_code, str):
+            raise InvalidArgument("startup_code must be a string of code or None")
+        for name in ("on_output", "input_handler"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise InvalidArgument(f"{name} must be callable or None, not {value!r}")
+        self.kernel_env()  # validates inherit_env and env now, not at the first start
+
+    def kernel_env(self) -> dict[str, str]:
+        """The environment the kernel starts with (see ``kernel_environment``)."""
+        return kernel_environment(self.inherit_env, self.env)
+
+    def with_changes(self, **changes: Any) -> SessionOptions:
+        return replace(self, **changes)
+
+
+def check_timeout(timeout: float | None, default: float) -> float:
+    """The per-call timeout: ``default`` when ``None``, validated otherwise."""
+    if timeout is None:
+        return default
+    _check_seconds("timeout", timeout)
+    return float(timeout)
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or math.isnan(value)
+        or value <= 0
+    ):
+        raise InvalidArgument(f"{name} must be a positive number of seconds, not {value!r}")

@@ -1,0 +1,530 @@
+"""Session and AsyncSession: one kernel, one lifetime, and the execute path.
+
+One ``execute()`` flows one way: caller -> session (lock, deadline) -> kernel backend
+(execute_request) -> collector (iopub and shell messages of that request until reply *and* idle)
+-> result -> history. ``AsyncSession`` holds all of the logic; ``Session`` is the same object seen
+through the shared event-loop thread, one line per method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO, TypeVar
+
+import humanize
+
+from . import _kernel_side
+from ._collector import OutputCallback, OutputCollector
+from ._env import InheritEnv
+from ._errors import KernelStartError, SessionClosed
+from ._kernel import KernelBackend, KernelDeath, KernelDied, LocalKernel
+from ._loop import LoopThread
+from ._options import InputHandler, SessionOptions, check_timeout
+from ._result import ErrorInfo, ExecutionResult, Status
+from ._traceback import error_payload, frames_from_payload, plain_traceback
+
+T = TypeVar("T")
+log = logging.getLogger("kernelexec")
+
+# Longest stream message the kernel sends (characters): bounds the client's memory per message.
+MAX_MESSAGE_CHARS = 256 * 1024
+_BOOTSTRAP_SOURCE = inspect.getsource(_kernel_side)
+
+
+class _Deadline:
+    """The pump stopped because the deadline passed."""
+
+
+_DEADLINE = _Deadline()
+
+
+@dataclass
+class _Call:
+    """The execute request in flight, so that ``interrupt()`` can mark it."""
+
+    collector: OutputCollector
+    interrupted: bool = False
+    timed_out: bool = False
+
+
+@dataclass
+class _SessionState:
+    """What a session knows at a moment, read by every face of the API."""
+
+    kernel: KernelBackend | None = None
+    closed: bool = False
+    execution_count: int = 0
+    history: list[tuple[str, ExecutionResult]] = field(default_factory=list)
+    call: _Call | None = None
+
+
+class _SessionBase:
+    """Options and read-only state, shared by ``Session`` and ``AsyncSession``; no I/O here."""
+
+    _state: _SessionState
+
+    def __init__(
+        self,
+        kernel_name: str = "python3",
+        *,
+        timeout: float = 60.0,
+        interrupt_grace: float = 3.0,
+        startup_timeout: float = 60.0,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str | None] | None = None,
+        inherit_env: InheritEnv = "scrub",
+        startup_code: str | None = None,
+        max_output_bytes: int = 1_000_000,
+        memory_limit: int | None = None,
+        on_output: OutputCallback | None = None,
+        spill_dir: str | os.PathLike[str] | None = None,
+        input_handler: InputHandler | None = None,
+    ) -> None:
+        self._setup(
+            SessionOptions(
+                kernel_name=kernel_name, timeout=timeout, interrupt_grace=interrupt_grace,
+                startup_timeout=startup_timeout, cwd=cwd, env=env, inherit_env=inherit_env,
+                startup_code=startup_code, max_output_bytes=max_output_bytes,
+                memory_limit=memory_limit, on_output=on_output, spill_dir=spill_dir,
+                input_handler=input_handler,
+            )  # fmt: skip
+        )
+
+    def _setup(self, options: SessionOptions) -> None:
+        raise NotImplementedError
+
+    @property
+    def options(self) -> SessionOptions:
+        """The options this session was created with."""
+        return self._options
+
+    @property
+    def history(self) -> list[tuple[str, ExecutionResult]]:
+        """Every ``(code, result)`` executed so far, oldest first."""
+        return list(self._state.history)
+
+    @property
+    def execution_count(self) -> int:
+        """The kernel's execution counter after the last call (0 for a fresh kernel)."""
+        return self._state.execution_count
+
+    @property
+    def kernel_id(self) -> str | None:
+        """The id of the current kernel, or ``None`` before start and after shutdown."""
+        kernel = self._state.kernel
+        return kernel.kernel_id if kernel is not None else None
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether the session has a running kernel."""
+        kernel = self._state.kernel
+        return kernel is not None and kernel.is_alive
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``shutdown()`` was called."""
+        return self._state.closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("running" if self.is_alive else "not started")
+        return f"<{type(self).__name__} {self._options.kernel_name} {state} kernel_id={self.kernel_id}>"
+
+
+class AsyncSession(_SessionBase):
+    """A persistent kernel driven with ``async``/``await``.
+
+    >>> async with AsyncSession(timeout=30) as s:
+    ...     r = await s.execute("x = 21 * 2; x")
+    ...     r.result
+    '42'
+
+    Use one AsyncSession from one event loop. Calls run one at a time, in arrival order.
+    """
+
+    def _setup(self, options: SessionOptions) -> None:
+        self._options = options
+        self._state = _SessionState()
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def _from_options(cls, options: SessionOptions) -> AsyncSession:
+        session = cls.__new__(cls)
+        session._setup(options)
+        return session
+
+    async def __aenter__(self) -> AsyncSession:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    async def start(self) -> AsyncSession:
+        """Start the kernel (a no-op when it is running). Raises ``KernelStartError``."""
+        async with self._lock:
+            await self._ensure_kernel()
+        return self
+
+    async def execute(
+        self, code: str, *, timeout: float | None = None, on_output: OutputCallback | None = None
+    ) -> ExecutionResult:
+        """Run ``code`` in the kernel and return its result; code errors are in the result.
+
+        ``timeout`` (default: the session's) bounds the run time of the code itself. At the
+        timeout the kernel is interrupted; if it does not answer within ``interrupt_grace`` it is
+        restarted. ``on_output`` is called with each output node as it arrives.
+        """
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, not {type(code).__name__}")
+        time_limit = check_timeout(timeout, self._options.timeout)
+        async with self._lock:
+            kernel = await self._ensure_kernel()
+            result = await self._run(kernel, code, time_limit, on_output or self._options.on_output)
+            self._state.history.append((code, result))
+            return result
+
+    async def interrupt(self) -> None:
+        """Interrupt the code running now (its result gets status ``"interrupted"``)."""
+        call, kernel = self._state.call, self._state.kernel
+        if call is not None and kernel is not None:
+            call.interrupted = True
+            await kernel.interrupt()
+
+    async def restart(self) -> None:
+        """Replace the kernel with a fresh one; all state in the kernel is lost."""
+        async with self._lock:
+            self._raise_if_closed()
+            await self._replace_kernel()
+
+    async def shutdown(self) -> None:
+        """Stop the kernel and release everything; a call in flight ends with status ``died``."""
+        state = self._state
+        if state.closed:
+            return
+        state.closed = True
+        if state.call is not None and state.kernel is not None:
+            await state.kernel.shutdown()
+        async with self._lock:
+            kernel, state.kernel = state.kernel, None
+            if kernel is not None:
+                await kernel.shutdown()
+
+    # The kernel's lifetime
+
+    def _raise_if_closed(self) -> None:
+        if self._state.closed:
+            raise SessionClosed(
+                "this session was shut down and cannot run code; create a new Session"
+            )
+
+    async def _ensure_kernel(self) -> KernelBackend:
+        self._raise_if_closed()
+        if self._state.kernel is None:
+            self._state.kernel = await self._launch()
+            self._state.execution_count = 0
+        return self._state.kernel
+
+    async def _launch(self) -> KernelBackend:
+        options = self._options
+        kernel = await LocalKernel.start(
+            options.kernel_name,
+            cwd=options.cwd,
+            env=options.kernel_env(),
+            startup_timeout=options.startup_timeout,
+        )
+        try:
+            await self._prepare(kernel)
+        except BaseException:
+            await kernel.shutdown()
+            raise
+        return kernel
+
+    async def _prepare(self, kernel: KernelBackend) -> None:
+        """Install kernelexec's in-kernel hooks, then run the caller's startup code."""
+        options = self._options
+        if kernel.info.get("language_info", {}).get("name") == "python":
+            install = f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r})"
+            code = (
+                f"exec(compile({_BOOTSTRAP_SOURCE + chr(10) + install!r}, '<kernelexec>', 'exec'),"
+                " {'__name__': '__kernelexec__'})"
+            )
+            await self._run_private(kernel, code, "kernelexec's in-kernel setup")
+        if options.startup_code:
+            await self._run_private(kernel, options.startup_code, "startup_code")
+
+    async def _run_private(self, kernel: KernelBackend, code: str, what: str) -> None:
+        msg_id = kernel.request("shell", "execute_request", _execute_content(code, silent=True))
+        collector = OutputCollector(msg_id, max_output_bytes=self._options.max_output_bytes)
+        outcome = await self._pump(kernel, collector, time.monotonic() + self._options.startup_timeout)
+        if isinstance(outcome, KernelDeath):
+            raise KernelStartError(f"the kernel died while running {what}: {outcome.describe()}")
+        if outcome is _DEADLINE:
+            raise KernelStartError(
+                f"{what} did not finish within startup_timeout ({self._options.startup_timeout:g} s)"
+            )
+        reply = collector.reply or {}
+        if reply.get("status") != "ok":
+            traceback = plain_traceback(reply.get("traceback", [])) or reply.get("evalue", "")
+            raise KernelStartError(f"{what} failed in the kernel; fix it and retry:\n{traceback}")
+
+    async def _replace_kernel(self) -> bool:
+        """Swap in a fresh kernel; ``False`` if none could be started (the next call retries)."""
+        old, self._state.kernel = self._state.kernel, None
+        if old is not None:
+            await old.shutdown()
+        if self._state.closed:
+            return False
+        try:
+            self._state.kernel = await self._launch()
+        except KernelStartError:
+            log.exception("could not restart the kernel; the next call will try again")
+            return False
+        self._state.execution_count = 0
+        return True
+
+    # The execute path
+
+    async def _run(
+        self, kernel: KernelBackend, code: str, time_limit: float, on_output: OutputCallback | None
+    ) -> ExecutionResult:
+        """Run one request through the timeout ladder: wait, interrupt, wait the grace, restart."""
+        started = time.monotonic()
+        allow_stdin = self._options.input_handler is not None
+        msg_id = kernel.request("shell", "execute_request", _execute_content(code, allow_stdin=allow_stdin))
+        collector = OutputCollector(
+            msg_id,
+            max_output_bytes=self._options.max_output_bytes,
+            on_output=on_output,
+            open_spill=self._spill_opener(),
+        )
+        call = self._state.call = _Call(collector)
+        try:
+            outcome = await self._pump(kernel, collector, started + time_limit)
+            if outcome is _DEADLINE:
+                call.timed_out = True
+                await kernel.interrupt()
+                outcome = await self._pump(
+                    kernel, collector, time.monotonic() + self._options.interrupt_grace
+                )
+        except asyncio.CancelledError:
+            await asyncio.shield(_interrupt_quietly(kernel))
+            raise
+        finally:
+            self._state.call = None
+        restarted = outcome is not None and await self._replace_kernel()
+        return self._result(code, call, outcome, time.monotonic() - started, time_limit, restarted)
+
+    async def _pump(
+        self, kernel: KernelBackend, collector: OutputCollector, deadline: float
+    ) -> KernelDeath | _Deadline | None:
+        """Feed the request's messages to its collector until it is complete (``None``)."""
+        while not collector.complete:
+            try:
+                item = await kernel.receive(deadline - time.monotonic())
+            except KernelDied as died:
+                return died.death
+            if item is None:
+                return _DEADLINE
+            channel, msg = item
+            if channel == "stdin":
+                self._answer_input(kernel, msg)
+            else:
+                collector.feed(channel, msg)
+        return None
+
+    def _answer_input(self, kernel: KernelBackend, msg: dict[str, Any]) -> None:
+        handler = self._options.input_handler
+        if handler is None or msg["header"]["msg_type"] != "input_request":
+            return
+        content = msg["content"]
+        try:
+            value = handler(content.get("prompt", ""), bool(content.get("password", False)))
+        except Exception:
+            log.exception("input_handler raised; the kernel's input() gets an empty string")
+            value = ""
+        kernel.request("stdin", "input_reply", {"value": str(value)}, parent=msg)
+
+    def _spill_opener(self) -> Any:
+        spill_dir = self._options.spill_dir
+        if spill_dir is None:
+            return None
+        prefix = f"kernelexec-{len(self._state.history) + 1}-"
+
+        def open_spill() -> TextIO:
+            return tempfile.NamedTemporaryFile(
+                "w", dir=spill_dir, prefix=prefix, suffix=".txt", delete=False,
+                encoding="utf-8", errors="replace",
+            )  # fmt: skip
+
+        return open_spill
+
+    def _result(
+        self,
+        code: str,
+        call: _Call,
+        outcome: KernelDeath | _Deadline | None,
+        exec_time: float,
+        time_limit: float,
+        restarted: bool,
+    ) -> ExecutionResult:
+        collector = call.collector
+        reply = collector.reply or {}
+        status, error = _outcome(call, outcome, reply, time_limit, restarted)
+        count = reply.get("execution_count")
+        if isinstance(count, int) and not restarted:
+            self._state.execution_count = count
+        return ExecutionResult(
+            status=status,
+            outputs=collector.outputs(),
+            error=error,
+            exec_time=exec_time,
+            execution_count=count if isinstance(count, int) else None,
+            time_limit=time_limit,
+            restarted=restarted,
+            truncated_bytes=collector.truncated_bytes,
+            output_path=_close_spill(collector),
+            code=code,
+        )
+
+
+class Session(_SessionBase):
+    """A persistent kernel with a synchronous API.
+
+    >>> with Session(timeout=30) as s:
+    ...     s.execute("import math\\nx = math.sqrt(2)")
+    ...     s.execute("x * 2").result
+    '2.8284271247461903'
+
+    Safe to share between threads: calls run one at a time, in arrival order. The work happens
+    on kernelexec's event-loop thread, which is shared by all sessions and joined when the last
+    one shuts down.
+    """
+
+    def _setup(self, options: SessionOptions) -> None:
+        self._options = options
+        self._async = AsyncSession._from_options(options)
+        self._state = self._async._state
+        self._loop_lock = threading.Lock()
+        self._loop_thread: LoopThread | None = None
+        self._calls_in_flight = 0
+
+    def __enter__(self) -> Session:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def start(self) -> Session:
+        """Start the kernel (a no-op when it is running). Raises ``KernelStartError``."""
+        self._call(self._async.start())
+        return self
+
+    def execute(
+        self, code: str, *, timeout: float | None = None, on_output: OutputCallback | None = None
+    ) -> ExecutionResult:
+        """Run ``code`` and return its result; see ``AsyncSession.execute``."""
+        return self._call(self._async.execute(code, timeout=timeout, on_output=on_output))
+
+    def interrupt(self) -> None:
+        """Interrupt the code running now (its result gets status ``"interrupted"``)."""
+        self._call(self._async.interrupt())
+
+    def restart(self) -> None:
+        """Replace the kernel with a fresh one; all state in the kernel is lost."""
+        self._call(self._async.restart())
+
+    def shutdown(self) -> None:
+        """Stop the kernel and release everything, including kernelexec's loop thread."""
+        if self._state.closed and self._loop_thread is None:
+            return
+        self._call(self._async.shutdown())
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the shared loop thread, which is held only while it is needed."""
+        with self._loop_lock:
+            if self._loop_thread is None:
+                if self._state.closed:
+                    coroutine.close()
+                    self._async._raise_if_closed()
+                self._loop_thread = LoopThread.acquire()
+            loop_thread = self._loop_thread
+            self._calls_in_flight += 1
+        try:
+            return loop_thread.run(coroutine)
+        finally:
+            with self._loop_lock:
+                self._calls_in_flight -= 1
+                if not self._calls_in_flight and self._state.kernel is None:
+                    self._loop_thread = None
+                    loop_thread.release()
+
+
+def _execute_content(code: str, *, silent: bool = False, allow_stdin: bool = False) -> dict[str, Any]:
+    return {
+        "code": code,
+        "silent": silent,
+        "store_history": not silent,
+        "user_expressions": {},
+        "allow_stdin": allow_stdin,
+        "stop_on_error": True,
+    }
+
+
+def _outcome(
+    call: _Call,
+    outcome: KernelDeath | _Deadline | None,
+    reply: dict[str, Any],
+    time_limit: float,
+    restarted: bool,
+) -> tuple[Status, ErrorInfo | None]:
+    """The status of a finished call and the error that explains it."""
+    payload = error_payload(reply.get("payload", []))
+    frames = list(frames_from_payload(payload))
+    exc_info = dict(payload.get("exc_info", {})) if payload else {}
+    if isinstance(outcome, KernelDeath):
+        fate = "the kernel was restarted" if restarted else "no new kernel could be started yet"
+        evalue = f"{outcome.describe()} during this call; {fate} and its state is lost"
+        detail = outcome.detail.splitlines()[-20:] if outcome.detail else []
+        return "died", ErrorInfo("KernelDied", evalue, detail)
+    traceback = list(reply.get("traceback", []))
+    if call.timed_out:
+        limit = humanize.naturaldelta(time_limit)
+        return "timeout", ErrorInfo(
+            "TimeoutError", f"Execution exceeded the time limit of {limit}", traceback, frames
+        )
+    status = reply.get("status")
+    if status == "ok":
+        return "ok", None
+    if status == "aborted":
+        return "error", ErrorInfo("Aborted", "the kernel aborted this request without running it")
+    ename, evalue = reply.get("ename", "Error"), reply.get("evalue", "")
+    error = ErrorInfo(ename, evalue, traceback, frames, exc_info)
+    if call.interrupted and ename == "KeyboardInterrupt":
+        return "interrupted", error
+    return "error", error
+
+
+def _close_spill(collector: OutputCollector) -> str | None:
+    """Close the call's spill file; keep it only when output was really truncated."""
+    spill = collector.spill_file
+    if spill is None:
+        return None
+    spill.close()
+    if collector.truncated_bytes:
+        return spill.name
+    os.unlink(spill.name)
+    return None
+
+
+async def _interrupt_quietly(kernel: KernelBackend) -> None:
+    try:
+        await kernel.interrupt()
+    except Exception:
+        log.debug("interrupting a cancelled call failed", exc_info=True)
