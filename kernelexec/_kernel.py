@@ -109,8 +109,12 @@ class KernelBackend(Protocol):
     async def interrupt(self) -> None:
         """Interrupt the running code, as the kernel spec's interrupt mode says."""
 
-    async def shutdown(self) -> None:
-        """Stop the kernel (gracefully if it answers) and release everything held for it."""
+    async def shutdown(self, *, graceful: bool = True) -> None:
+        """Stop the kernel and release everything held for it.
+
+        ``graceful`` asks the kernel to exit first (killing it if it does not, promptly);
+        otherwise it is killed at once.
+        """
 
     @property
     def is_alive(self) -> bool:

@@ -96,6 +96,23 @@ def _bound_stream(stream, max_chars):
     stream.write = bounded_write
 
 
+def _flush_output_before_hard_exit():
+    """``os._exit`` skips every flush: send pending output first, so the client gets it."""
+    import time
+
+    hard_exit = os._exit
+
+    def exit_after_flushing(status):
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            time.sleep(0.05)  # flush() queues the message; ZMQ's I/O thread still has to send it
+        finally:
+            hard_exit(status)
+
+    os._exit = exit_after_flushing
+
+
 def _limit_memory(max_bytes):
     """Cap the kernel's address space: allocations past it raise MemoryError."""
     import resource
@@ -119,6 +136,7 @@ def install(max_message_chars, memory_limit=None):
     shell._kernelexec_installed = True
     _INTERNAL_DIRS = _internal_dirs()
     _report_errors(shell)
+    _flush_output_before_hard_exit()
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "pub_thread"):  # ipykernel's OutStream
             _bound_stream(stream, max_message_chars)

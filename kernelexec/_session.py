@@ -201,7 +201,7 @@ class AsyncSession(_SessionBase):
         """Replace the kernel with a fresh one; all state in the kernel is lost."""
         async with self._lock:
             self._raise_if_closed()
-            await self._replace_kernel()
+            await self._replace_kernel(graceful=True)
 
     async def shutdown(self) -> None:
         """Stop the kernel and release everything; a call in flight ends with status ``died``."""
@@ -274,11 +274,15 @@ class AsyncSession(_SessionBase):
             traceback = plain_traceback(reply.get("traceback", [])) or reply.get("evalue", "")
             raise KernelStartError(f"{what} failed in the kernel; fix it and retry:\n{traceback}")
 
-    async def _replace_kernel(self) -> bool:
-        """Swap in a fresh kernel; ``False`` if none could be started (the next call retries)."""
+    async def _replace_kernel(self, *, graceful: bool = False) -> bool:
+        """Swap in a fresh kernel; ``False`` if none could be started (the next call retries).
+
+        A hung or dead kernel is killed at once; ``graceful`` lets a healthy one exit cleanly
+        (flushing its files) first.
+        """
         old, self._state.kernel = self._state.kernel, None
         if old is not None:
-            await old.shutdown()
+            await old.shutdown(graceful=graceful)
         if self._state.closed:
             return False
         try:

@@ -1,0 +1,110 @@
+"""Shared fixtures: leak checks on every test, a private Jupyter runtime dir, warm sessions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+import kernelexec as kx
+
+LEAK_WAIT_SECONDS = 5.0
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")} if os.path.isdir("/proc/self/fd") else set()
+
+
+def _children() -> dict[int, psutil.Process]:
+    return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _command(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()[:4]
+    except psutil.Error:
+        return [f"pid {process.pid}"]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a kernel process (or its children), a thread, an fd or a
+    connection file of ours behind. Module-scoped fixtures are set up before the baseline."""
+    runtime_dir = os.environ["JUPYTER_RUNTIME_DIR"]
+    processes_before = set(_children())
+    threads_before = set(threading.enumerate())
+    fds_before = _open_fds()
+    files_before = set(os.listdir(runtime_dir))
+    yield
+    deadline = time.monotonic() + LEAK_WAIT_SECONDS
+    while True:
+        leaked = {
+            pid: p for pid, p in _children().items() if pid not in processes_before and _running(p)
+        }
+        threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        fds = _open_fds() - fds_before
+        fd_targets = _describe_fds(fds)
+        files = set(os.listdir(runtime_dir)) - files_before
+        if not (leaked or threads or fds or files) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for process in leaked.values():
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    problems = []
+    if leaked:
+        problems.append(f"processes left running: {[_command(p) for p in leaked.values()]}")
+    if threads:
+        problems.append(f"threads left running: {threads}")
+    if fds:
+        problems.append(f"file descriptors left open: {sorted(fds)} -> {fd_targets}")
+    if files:
+        problems.append(f"files left in the runtime dir: {sorted(files)}")
+    if problems:
+        pytest.fail("leak: " + "; ".join(problems))
+
+
+def _describe_fds(fds: set[int]) -> list[str]:
+    described = []
+    for fd in sorted(fds):
+        try:
+            described.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            described.append("?")
+    return described
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_runtime_dir() -> Iterator[str]:
+    """A short, private JUPYTER_RUNTIME_DIR, so stray connection and IPC files show."""
+    path = tempfile.mkdtemp(prefix="kxrt-")
+    previous = os.environ.get("JUPYTER_RUNTIME_DIR")
+    os.environ["JUPYTER_RUNTIME_DIR"] = path
+    yield path
+    if previous is None:
+        del os.environ["JUPYTER_RUNTIME_DIR"]
+    else:
+        os.environ["JUPYTER_RUNTIME_DIR"] = previous
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def warm_session(private_runtime_dir: str) -> Iterator[kx.Session]:
+    """One running session per test module, for tests where kernel state does not matter."""
+    with kx.Session(timeout=30) as session:
+        yield session

@@ -1,0 +1,176 @@
+"""The collector is a pure object: these tests feed it plain dicts, no kernel."""
+
+from __future__ import annotations
+
+import io
+
+from messages import PARENT, clear, display, error, execute_result, reply, status, stream, update_display
+
+from kernelexec._collector import OutputCollector
+
+
+def collector(max_output_bytes: int = 1_000_000, **kwargs) -> OutputCollector:
+    return OutputCollector(PARENT, max_output_bytes=max_output_bytes, **kwargs)
+
+
+def test_complete_only_after_reply_and_idle():
+    c = collector()
+    c.feed("iopub", status("busy"))
+    c.feed("shell", reply())
+    assert not c.complete
+    c.feed("iopub", status("idle"))
+    assert c.complete
+
+
+def test_idle_before_reply_is_not_complete():
+    c = collector()
+    c.feed("iopub", status("idle"))
+    assert not c.complete
+    c.feed("shell", reply())
+    assert c.complete
+
+
+def test_messages_of_other_requests_are_ignored():
+    c = collector()
+    c.feed("iopub", stream("theirs", parent="other"))
+    c.feed("iopub", status("idle", parent="other"))
+    c.feed("shell", reply(parent="other"))
+    c.feed("iopub", stream("ours"))
+    assert [o.text for o in c.outputs()] == ["ours"]
+    assert not c.complete
+
+
+def test_consecutive_streams_of_one_name_merge():
+    c = collector()
+    for part in ("a", "b"):
+        c.feed("iopub", stream(part))
+    c.feed("iopub", stream("E", name="stderr"))
+    c.feed("iopub", stream("c"))
+    outputs = c.outputs()
+    assert [(o.name, o.text) for o in outputs] == [("stdout", "ab"), ("stderr", "E"), ("stdout", "c")]
+
+
+def test_output_kinds_in_arrival_order():
+    c = collector()
+    c.feed("iopub", stream("x\n"))
+    c.feed("iopub", display({"text/plain": "<img>", "image/png": "iVBOR"}))
+    c.feed("iopub", execute_result("42"))
+    c.feed("iopub", error())
+    assert [o.output_type for o in c.outputs()] == ["stream", "display_data", "execute_result", "error"]
+    assert c.outputs()[1].data["image/png"] == "iVBOR"
+
+
+def test_clear_output_without_wait_clears_at_once():
+    c = collector()
+    c.feed("iopub", stream("old"))
+    c.feed("iopub", clear())
+    assert c.outputs() == []
+
+
+def test_clear_output_with_wait_clears_when_the_next_output_arrives():
+    c = collector()
+    c.feed("iopub", stream("old"))
+    c.feed("iopub", clear(wait=True))
+    assert [o.text for o in c.outputs()] == ["old"]
+    c.feed("iopub", stream("new"))
+    assert [o.text for o in c.outputs()] == ["new"]
+
+
+def test_update_display_data_replaces_the_display_with_that_id():
+    c = collector()
+    c.feed("iopub", display({"text/plain": "0%"}, display_id="bar"))
+    c.feed("iopub", display({"text/plain": "other"}, display_id="x"))
+    c.feed("iopub", update_display({"text/plain": "100%"}, display_id="bar"))
+    assert [o.data["text/plain"] for o in c.outputs()] == ["100%", "other"]
+    assert "transient" not in c.outputs()[0]
+
+
+def test_truncation_keeps_head_and_tail_with_a_marker():
+    c = collector(max_output_bytes=100)
+    c.feed("iopub", stream("H" * 50))
+    for _ in range(10):
+        c.feed("iopub", stream("m" * 100))
+    c.feed("iopub", stream("T" * 50))
+    text = "".join(o.text for o in c.outputs())
+    assert text.startswith("H" * 50)
+    assert text.endswith("T" * 50)
+    assert "[... 1,000 bytes truncated ...]" in text
+    assert c.truncated_bytes == 1000
+
+
+def test_kept_bytes_stay_bounded_whatever_is_printed():
+    c = collector(max_output_bytes=1000)
+    for _ in range(5000):
+        c.feed("iopub", stream("x" * 1000))
+    kept = sum(len(o.text) for o in c.outputs() if "truncated" not in o.text)
+    assert kept == 1000
+    assert c.truncated_bytes == 5000 * 1000 - 1000
+
+
+def test_truncation_counts_utf8_bytes_and_never_splits_a_character():
+    c = collector(max_output_bytes=10)
+    c.feed("iopub", stream("é" * 20))  # 40 bytes
+    outputs = c.outputs()
+    kept = outputs[0].text + outputs[-1].text
+    assert set(kept) == {"é"}
+    assert len(kept.encode()) <= 10
+    assert c.truncated_bytes == 40 - len(kept.encode())
+
+
+def test_errors_are_never_dropped_by_truncation():
+    c = collector(max_output_bytes=20)
+    c.feed("iopub", error("KeyError", "k"))
+    for _ in range(20):
+        c.feed("iopub", stream("y" * 30))
+    assert any(o.output_type == "error" for o in c.outputs())
+
+
+def test_displays_count_against_the_limit():
+    c = collector(max_output_bytes=1000)
+    for i in range(100):
+        c.feed("iopub", display({"text/plain": str(i), "image/png": "A" * 500}))
+    assert c.truncated_bytes > 0
+    assert len(c.outputs()) < 10
+
+
+def test_clear_output_resets_the_budget():
+    c = collector(max_output_bytes=100)
+    for i in range(1000):
+        c.feed("iopub", clear(wait=True))
+        c.feed("iopub", stream(f"progress {i}\n"))
+    assert [o.text for o in c.outputs()] == ["progress 999\n"]
+    assert c.truncated_bytes == 0
+
+
+def test_spill_file_gets_the_full_text_once_truncation_starts():
+    spill = io.StringIO()
+    c = collector(max_output_bytes=10, open_spill=lambda: spill)
+    c.feed("iopub", stream("0123456789" * 3))
+    c.feed("iopub", stream("abc"))
+    assert spill.getvalue() == "0123456789" * 3 + "abc"
+
+
+def test_no_spill_file_is_opened_without_truncation():
+    opened = []
+    c = collector(max_output_bytes=100, open_spill=lambda: opened.append(1) or io.StringIO())
+    c.feed("iopub", stream("short"))
+    assert opened == []
+
+
+def test_on_output_sees_each_output_as_it_arrives():
+    seen = []
+    c = collector(on_output=seen.append)
+    c.feed("iopub", stream("a"))
+    c.feed("iopub", stream("b"))
+    c.feed("iopub", execute_result("1"))
+    assert [o.get("text") or o.data["text/plain"] for o in seen] == ["a", "b", "1"]
+
+
+def test_a_failing_callback_does_not_lose_outputs(caplog):
+    def broken(_):
+        raise RuntimeError("callback bug")
+
+    c = collector(on_output=broken)
+    c.feed("iopub", stream("kept"))
+    assert [o.text for o in c.outputs()] == ["kept"]
+    assert "on_output callback raised" in caplog.text
