@@ -16,7 +16,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import zmq
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -25,6 +25,9 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 from ._channels import Message, ZmqChannels, open_pidfd
 from ._errors import KernelStartError
+
+if TYPE_CHECKING:
+    from ._options import SessionOptions
 
 # Messages already sent by a kernel that just died may still be on their way through ZMQ.
 DEATH_DRAIN_SECONDS = 0.05
@@ -303,6 +306,16 @@ class LocalKernel:
             os.close(self._pidfd)
             self._pidfd = None
         self._stderr_file.close()
+
+
+async def start_kernel(options: SessionOptions) -> KernelBackend:
+    """Start the kernel a session's options ask for, ready to take requests."""
+    return await LocalKernel.start(
+        options.kernel_name,
+        cwd=options.cwd,
+        env=options.kernel_env(),
+        startup_timeout=options.startup_timeout,
+    )
 
 
 async def wait_until_ready(kernel: KernelBackend, timeout: float, what: str) -> dict[str, Any]:

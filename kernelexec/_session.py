@@ -25,7 +25,7 @@ from . import _kernel_side
 from ._collector import OutputCallback, OutputCollector
 from ._env import InheritEnv
 from ._errors import KernelStartError, SessionClosed
-from ._kernel import KernelBackend, KernelDeath, KernelDied, LocalKernel
+from ._kernel import KernelBackend, KernelDeath, KernelDied, start_kernel
 from ._loop import LoopThread
 from ._options import InputHandler, SessionOptions, check_timeout
 from ._result import ErrorInfo, ExecutionResult, Status
@@ -232,13 +232,7 @@ class AsyncSession(_SessionBase):
         return self._state.kernel
 
     async def _launch(self) -> KernelBackend:
-        options = self._options
-        kernel = await LocalKernel.start(
-            options.kernel_name,
-            cwd=options.cwd,
-            env=options.kernel_env(),
-            startup_timeout=options.startup_timeout,
-        )
+        kernel = await start_kernel(self._options)
         try:
             await self._prepare(kernel)
         except BaseException:

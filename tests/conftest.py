@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -108,3 +110,15 @@ def warm_session(private_runtime_dir: str) -> Iterator[kx.Session]:
     """One running session per test module, for tests where kernel state does not matter."""
     with kx.Session(timeout=30) as session:
         yield session
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args: str, input: str | None = None, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m kernelexec ARGS`` on this checkout's code (not an installed copy)."""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "kernelexec", *args],
+        input=input, capture_output=True, text=True, timeout=timeout, env=env, **kwargs,
+    )
