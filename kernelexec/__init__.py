@@ -16,14 +16,16 @@ from ._errors import (
     SessionClosed,
     TooManySessions,
 )
+from ._manager import AsyncSessionManager, SessionInfo, SessionManager
 from ._result import ErrorInfo, ExecutionResult
-from ._session import AsyncSession, Session
+from ._session import AsyncSession, Session, SessionStats
 from ._traceback import Frame
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncSession",
+    "AsyncSessionManager",
     "CellExecutionError",
     "ErrorInfo",
     "ExecutionFailed",
@@ -34,6 +36,9 @@ __all__ = [
     "KernelexecError",
     "Session",
     "SessionClosed",
+    "SessionInfo",
+    "SessionManager",
+    "SessionStats",
     "TooManySessions",
     "__version__",
 ]

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 DEATH_DRAIN_SECONDS = 0.05
 # How long a kernel may take to exit after a shutdown_request before it is killed.
 GRACEFUL_EXIT_SECONDS = 1.0
+# How long a SIGKILLed kernel may take to be gone (it is immediate unless the machine is swamped).
+KILL_WAIT_SECONDS = 5.0
 # Without a pidfd (non-Linux), how often to check whether the kernel process is alive.
 EXIT_CHECK_SECONDS = 0.1
 
@@ -139,6 +141,7 @@ class LocalKernel:
         self._pidfd: int | None = None
         self._exited_at: float | None = None
         self._closed = False
+        self._watchdog: OwnerDeathWatchdog | None = None
         self.info: dict[str, Any] = {}
 
     @property
@@ -172,6 +175,7 @@ class LocalKernel:
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=kernel._stderr_file,
             )  # fmt: skip
+            kernel._watchdog = OwnerDeathWatchdog.start(manager.provisioner.pgid)
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, startup_timeout, f"kernel {kernel_name!r}")
         except BaseException as error:
@@ -232,15 +236,20 @@ class LocalKernel:
         self._closed = True
         _LIVE_KERNELS.discard(self)
         try:
-            if graceful and self._channels is not None and self._pidfd is not None and self.is_alive:
-                await self._exit_gracefully()
+            if self._channels is not None and self._pidfd is not None and self.is_alive:
+                if graceful:
+                    await self._manager.request_shutdown()
+                    await self._await_exit(GRACEFUL_EXIT_SECONDS)
+                if self.is_alive:
+                    _signal_process_group(self._manager, signal.SIGKILL)
+                    await self._await_exit(KILL_WAIT_SECONDS)
         finally:
             self._close_channels()  # before the manager terminates the ZMQ context they live in
             try:
                 if self._manager.has_kernel:
-                    await self._manager.shutdown_kernel(now=True)
+                    await self._manager.shutdown_kernel(now=True)  # prompt: the process is gone
                 else:
-                    self._manager.cleanup_resources()
+                    await self._manager.cleanup_resources()
             finally:
                 self._release_process()
 
@@ -253,7 +262,8 @@ class LocalKernel:
         self._close_channels()
         self._release_process()
         try:
-            self._manager.cleanup_resources()
+            self._manager.cleanup_connection_file()
+            self._manager.cleanup_ipc_files()
         except Exception:  # exiting anyway: a file we could not remove must not mask that
             pass
 
@@ -286,14 +296,14 @@ class LocalKernel:
     def _on_exit(self) -> None:
         self._exited_at = time.monotonic()
 
-    async def _exit_gracefully(self) -> None:
+    async def _await_exit(self, timeout: float) -> None:
+        """Wait (on the pidfd, no polling) until the kernel process has exited."""
         assert self._channels is not None
-        await self._manager.request_shutdown()
-        deadline = time.monotonic() + GRACEFUL_EXIT_SECONDS
+        deadline = time.monotonic() + timeout
         while self._exited_at is None and time.monotonic() < deadline:
             await self._channels.wait(deadline - time.monotonic())
             while self._channels.try_receive() is not None:
-                pass  # output of the exiting kernel is of no use now
+                pass  # output of an exiting kernel is of no use now
 
     def _close_channels(self) -> None:
         if self._channels is not None:
@@ -301,11 +311,64 @@ class LocalKernel:
             self._channels = None
 
     def _release_process(self) -> None:
-        _kill_process_group(self._manager)
+        _signal_process_group(self._manager, signal.SIGKILL)  # whatever the user's code started
+        process = self.process
+        if process is not None:
+            try:
+                process.wait(timeout=KILL_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
         self._stderr_file.close()
+
+
+class OwnerDeathWatchdog:
+    """Kills a kernel's process group when this process dies, however it dies.
+
+    ipykernel's own parent poller is a thread in the kernel: it cannot run while the kernel is
+    stuck in a long C call, and it leaves the kernel's child processes behind. The watchdog is a
+    tiny ``sh`` outside the kernel, reading a pipe whose write end only this process holds
+    (close-on-exec, so no other child inherits it). When this process exits, even by SIGKILL, the
+    read returns end-of-file and the watchdog kills the whole group.
+    """
+
+    SCRIPT = 'read -r _; kill -9 -"$0" 2>/dev/null; exit 0'  # dash's kill takes no --
+
+    def __init__(self, process: subprocess.Popen[bytes], write_end: int) -> None:
+        self._process = process
+        self._write_end = write_end
+
+    @classmethod
+    def start(cls, pgid: int | None) -> OwnerDeathWatchdog | None:
+        if not pgid or os.name != "posix" or not os.path.exists("/bin/sh"):
+            return None
+        read_end, write_end = os.pipe()
+        try:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", cls.SCRIPT, str(pgid)],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C aimed at us must not take the watchdog first
+            )  # fmt: skip
+        except OSError:
+            os.close(write_end)
+            return None
+        finally:
+            os.close(read_end)
+        return cls(process, write_end)
+
+    def stop(self) -> None:
+        """Release the watchdog (after the kernel is gone): it sees end-of-file and exits."""
+        os.close(self._write_end)
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
 
 
 async def start_kernel(options: SessionOptions) -> KernelBackend:
@@ -381,20 +444,19 @@ def _new_manager(kernel_name: str) -> AsyncKernelManager:
     return manager
 
 
-def _kill_process_group(manager: AsyncKernelManager) -> None:
-    """End whatever the user's code started in the kernel's process group."""
+def _signal_process_group(manager: AsyncKernelManager, signum: int) -> None:
+    """Signal the kernel and every process in its group (what the user's code started)."""
     pgid = getattr(manager.provisioner, "pgid", None)
     if pgid and hasattr(os, "killpg"):
         try:
-            os.killpg(pgid, signal.SIGKILL)
+            os.killpg(pgid, signum)
         except (ProcessLookupError, PermissionError):
             pass
     process = getattr(manager.provisioner, "process", None)
-    if process is not None:
+    if process is not None and process.poll() is None:
         try:
-            process.kill()
-            process.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
+            process.send_signal(signum)
+        except OSError:
             pass
 
 

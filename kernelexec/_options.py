@@ -70,6 +70,11 @@ class SessionOptions:
     def with_changes(self, **changes: Any) -> SessionOptions:
         return replace(self, **changes)
 
+    def kernel_key(self) -> tuple[Any, ...]:
+        """What a prepared kernel depends on: sessions with equal keys can share a warm pool."""
+        env = tuple(sorted((self.env or {}).items()))
+        return (self.kernel_name, self.cwd, env, self.inherit_env, self.startup_code, self.memory_limit)
+
 
 def check_timeout(timeout: float | None, default: float) -> float:
     """The per-call timeout: ``default`` when ``None``, validated otherwise."""

@@ -9,42 +9,30 @@ through the shared event-loop thread, one line per method.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 import humanize
 
-from . import _kernel_side
 from ._collector import OutputCallback, OutputCollector
 from ._env import InheritEnv
 from ._errors import KernelStartError, SessionClosed
-from ._kernel import KernelBackend, KernelDeath, KernelDied, start_kernel
+from ._kernel import KernelBackend, KernelDeath
+from ._launch import DEADLINE, Deadline, KernelSource, execute_content, launch_kernel, pump
 from ._loop import LoopThread
 from ._options import InputHandler, SessionOptions, check_timeout
 from ._result import ErrorInfo, ExecutionResult, Status
-from ._traceback import error_payload, frames_from_payload, plain_traceback
+from ._traceback import error_payload, frames_from_payload
 
 T = TypeVar("T")
 log = logging.getLogger("kernelexec")
-
-# Longest stream message the kernel sends (characters): bounds the client's memory per message.
-MAX_MESSAGE_CHARS = 256 * 1024
-_BOOTSTRAP_SOURCE = inspect.getsource(_kernel_side)
-
-
-class _Deadline:
-    """The pump stopped because the deadline passed."""
-
-
-_DEADLINE = _Deadline()
-
 
 @dataclass
 class _Call:
@@ -55,15 +43,62 @@ class _Call:
     timed_out: bool = False
 
 
+@dataclass(frozen=True)
+class SessionStats:
+    """A snapshot of what a session has done: wall-clock times and counters."""
+
+    created: float
+    last_used: float
+    executions: int
+    timeouts: int
+    restarts: int
+    deaths: int
+    status: str  # "not started", "starting", "idle", "busy" or "closed"
+    kernel_id: str | None
+
+
 @dataclass
 class _SessionState:
     """What a session knows at a moment, read by every face of the API."""
 
     kernel: KernelBackend | None = None
     closed: bool = False
+    starting: bool = False
     execution_count: int = 0
     history: list[tuple[str, ExecutionResult]] = field(default_factory=list)
     call: _Call | None = None
+    created: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def record(self, result: ExecutionResult) -> None:
+        self.last_used = time.time()
+        self.counts.update(
+            executions=1,
+            timeouts=result.status == "timeout",
+            deaths=result.status == "died",
+            restarts=result.restarted,
+        )
+
+    def stats(self) -> SessionStats:
+        if self.closed:
+            status = "closed"
+        elif self.call is not None:
+            status = "busy"
+        elif self.starting:
+            status = "starting"
+        else:
+            status = "idle" if self.kernel is not None else "not started"
+        return SessionStats(
+            created=self.created,
+            last_used=self.last_used,
+            executions=self.counts["executions"],
+            timeouts=self.counts["timeouts"],
+            restarts=self.counts["restarts"],
+            deaths=self.counts["deaths"],
+            status=status,
+            kernel_id=self.kernel.kernel_id if self.kernel is not None else None,
+        )
 
 
 class _SessionBase:
@@ -133,6 +168,11 @@ class _SessionBase:
         """Whether ``shutdown()`` was called."""
         return self._state.closed
 
+    @property
+    def stats(self) -> SessionStats:
+        """Counters and times: executions, timeouts, restarts, deaths, created, last used."""
+        return self._state.stats()
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("running" if self.is_alive else "not started")
         return f"<{type(self).__name__} {self._options.kernel_name} {state} kernel_id={self.kernel_id}>"
@@ -153,6 +193,7 @@ class AsyncSession(_SessionBase):
         self._options = options
         self._state = _SessionState()
         self._lock = asyncio.Lock()
+        self._kernel_source: KernelSource = lambda: launch_kernel(options)
 
     @classmethod
     def _from_options(cls, options: SessionOptions) -> AsyncSession:
@@ -188,6 +229,7 @@ class AsyncSession(_SessionBase):
             kernel = await self._ensure_kernel()
             result = await self._run(kernel, code, time_limit, on_output or self._options.on_output)
             self._state.history.append((code, result))
+            self._state.record(result)
             return result
 
     async def interrupt(self) -> None:
@@ -202,6 +244,7 @@ class AsyncSession(_SessionBase):
         async with self._lock:
             self._raise_if_closed()
             await self._replace_kernel(graceful=True)
+            self._state.counts["restarts"] += 1
 
     async def shutdown(self) -> None:
         """Stop the kernel and release everything; a call in flight ends with status ``died``."""
@@ -226,47 +269,15 @@ class AsyncSession(_SessionBase):
 
     async def _ensure_kernel(self) -> KernelBackend:
         self._raise_if_closed()
-        if self._state.kernel is None:
-            self._state.kernel = await self._launch()
-            self._state.execution_count = 0
-        return self._state.kernel
-
-    async def _launch(self) -> KernelBackend:
-        kernel = await start_kernel(self._options)
-        try:
-            await self._prepare(kernel)
-        except BaseException:
-            await kernel.shutdown()
-            raise
-        return kernel
-
-    async def _prepare(self, kernel: KernelBackend) -> None:
-        """Install kernelexec's in-kernel hooks, then run the caller's startup code."""
-        options = self._options
-        if kernel.info.get("language_info", {}).get("name") == "python":
-            install = f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r})"
-            code = (
-                f"exec(compile({_BOOTSTRAP_SOURCE + chr(10) + install!r}, '<kernelexec>', 'exec'),"
-                " {'__name__': '__kernelexec__'})"
-            )
-            await self._run_private(kernel, code, "kernelexec's in-kernel setup")
-        if options.startup_code:
-            await self._run_private(kernel, options.startup_code, "startup_code")
-
-    async def _run_private(self, kernel: KernelBackend, code: str, what: str) -> None:
-        msg_id = kernel.request("shell", "execute_request", _execute_content(code, silent=True))
-        collector = OutputCollector(msg_id, max_output_bytes=self._options.max_output_bytes)
-        outcome = await self._pump(kernel, collector, time.monotonic() + self._options.startup_timeout)
-        if isinstance(outcome, KernelDeath):
-            raise KernelStartError(f"the kernel died while running {what}: {outcome.describe()}")
-        if outcome is _DEADLINE:
-            raise KernelStartError(
-                f"{what} did not finish within startup_timeout ({self._options.startup_timeout:g} s)"
-            )
-        reply = collector.reply or {}
-        if reply.get("status") != "ok":
-            traceback = plain_traceback(reply.get("traceback", [])) or reply.get("evalue", "")
-            raise KernelStartError(f"{what} failed in the kernel; fix it and retry:\n{traceback}")
+        state = self._state
+        if state.kernel is None:
+            state.starting = True
+            try:
+                state.kernel = await self._kernel_source()
+            finally:
+                state.starting = False
+            state.execution_count = 0
+        return state.kernel
 
     async def _replace_kernel(self, *, graceful: bool = False) -> bool:
         """Swap in a fresh kernel; ``False`` if none could be started (the next call retries).
@@ -280,7 +291,7 @@ class AsyncSession(_SessionBase):
         if self._state.closed:
             return False
         try:
-            self._state.kernel = await self._launch()
+            self._state.kernel = await self._kernel_source()
         except KernelStartError:
             log.exception("could not restart the kernel; the next call will try again")
             return False
@@ -295,7 +306,7 @@ class AsyncSession(_SessionBase):
         """Run one request through the timeout ladder: wait, interrupt, wait the grace, restart."""
         started = time.monotonic()
         allow_stdin = self._options.input_handler is not None
-        msg_id = kernel.request("shell", "execute_request", _execute_content(code, allow_stdin=allow_stdin))
+        msg_id = kernel.request("shell", "execute_request", execute_content(code, allow_stdin=allow_stdin))
         collector = OutputCollector(
             msg_id,
             max_output_bytes=self._options.max_output_bytes,
@@ -304,13 +315,12 @@ class AsyncSession(_SessionBase):
         )
         call = self._state.call = _Call(collector)
         try:
-            outcome = await self._pump(kernel, collector, started + time_limit)
-            if outcome is _DEADLINE:
+            outcome = await pump(kernel, collector, started + time_limit, self._options.input_handler)
+            if outcome is DEADLINE:
                 call.timed_out = True
                 await kernel.interrupt()
-                outcome = await self._pump(
-                    kernel, collector, time.monotonic() + self._options.interrupt_grace
-                )
+                grace_ends = time.monotonic() + self._options.interrupt_grace
+                outcome = await pump(kernel, collector, grace_ends, self._options.input_handler)
         except asyncio.CancelledError:
             await asyncio.shield(_interrupt_quietly(kernel))
             raise
@@ -318,36 +328,6 @@ class AsyncSession(_SessionBase):
             self._state.call = None
         restarted = outcome is not None and await self._replace_kernel()
         return self._result(code, call, outcome, time.monotonic() - started, time_limit, restarted)
-
-    async def _pump(
-        self, kernel: KernelBackend, collector: OutputCollector, deadline: float
-    ) -> KernelDeath | _Deadline | None:
-        """Feed the request's messages to its collector until it is complete (``None``)."""
-        while not collector.complete:
-            try:
-                item = await kernel.receive(deadline - time.monotonic())
-            except KernelDied as died:
-                return died.death
-            if item is None:
-                return _DEADLINE
-            channel, msg = item
-            if channel == "stdin":
-                self._answer_input(kernel, msg)
-            else:
-                collector.feed(channel, msg)
-        return None
-
-    def _answer_input(self, kernel: KernelBackend, msg: dict[str, Any]) -> None:
-        handler = self._options.input_handler
-        if handler is None or msg["header"]["msg_type"] != "input_request":
-            return
-        content = msg["content"]
-        try:
-            value = handler(content.get("prompt", ""), bool(content.get("password", False)))
-        except Exception:
-            log.exception("input_handler raised; the kernel's input() gets an empty string")
-            value = ""
-        kernel.request("stdin", "input_reply", {"value": str(value)}, parent=msg)
 
     def _spill_opener(self) -> Any:
         spill_dir = self._options.spill_dir
@@ -367,7 +347,7 @@ class AsyncSession(_SessionBase):
         self,
         code: str,
         call: _Call,
-        outcome: KernelDeath | _Deadline | None,
+        outcome: KernelDeath | Deadline | None,
         exec_time: float,
         time_limit: float,
         restarted: bool,
@@ -411,7 +391,17 @@ class Session(_SessionBase):
         self._state = self._async._state
         self._loop_lock = threading.Lock()
         self._loop_thread: LoopThread | None = None
+        self._owner_loop: LoopThread | None = None  # set when a manager owns the loop thread
         self._calls_in_flight = 0
+
+    @classmethod
+    def _attached(cls, session: AsyncSession, loop_thread: LoopThread) -> Session:
+        """The sync face of a manager's ``AsyncSession``, on the manager's loop thread."""
+        attached = cls.__new__(cls)
+        attached._setup(session.options)
+        attached._async, attached._state = session, session._state
+        attached._owner_loop = loop_thread
+        return attached
 
     def __enter__(self) -> Session:
         return self.start()
@@ -446,6 +436,11 @@ class Session(_SessionBase):
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the shared loop thread, which is held only while it is needed."""
+        if self._owner_loop is not None:
+            if self._state.closed:
+                coroutine.close()
+                self._async._raise_if_closed()
+            return self._owner_loop.run(coroutine)
         with self._loop_lock:
             if self._loop_thread is None:
                 if self._state.closed:
@@ -464,20 +459,9 @@ class Session(_SessionBase):
                     loop_thread.release()
 
 
-def _execute_content(code: str, *, silent: bool = False, allow_stdin: bool = False) -> dict[str, Any]:
-    return {
-        "code": code,
-        "silent": silent,
-        "store_history": not silent,
-        "user_expressions": {},
-        "allow_stdin": allow_stdin,
-        "stop_on_error": True,
-    }
-
-
 def _outcome(
     call: _Call,
-    outcome: KernelDeath | _Deadline | None,
+    outcome: KernelDeath | Deadline | None,
     reply: dict[str, Any],
     time_limit: float,
     restarted: bool,

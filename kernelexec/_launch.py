@@ -1,0 +1,123 @@
+"""Getting a kernel ready for a session, and running one request to completion.
+
+``launch_kernel`` starts a kernel through the backend seam and prepares it (kernelexec's in-kernel
+hooks, then the caller's startup code). Sessions call it for a cold start; the warm pool calls it
+ahead of time. ``pump`` feeds one request's messages to its collector until the request is
+complete, the deadline passes, or the kernel dies.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import _kernel_side
+from ._collector import OutputCollector
+from ._errors import KernelStartError
+from ._kernel import KernelBackend, KernelDeath, KernelDied, start_kernel
+from ._options import InputHandler, SessionOptions
+from ._traceback import plain_traceback
+
+log = logging.getLogger("kernelexec")
+
+# Longest stream message the kernel sends (characters): bounds the client's memory per message.
+MAX_MESSAGE_CHARS = 256 * 1024
+_BOOTSTRAP_SOURCE = inspect.getsource(_kernel_side)
+
+KernelSource = Callable[[], Awaitable[KernelBackend]]
+
+
+class Deadline:
+    """``pump`` stopped because the deadline passed."""
+
+
+DEADLINE = Deadline()
+
+
+async def launch_kernel(options: SessionOptions) -> KernelBackend:
+    """Start a kernel for ``options`` and prepare it; raises ``KernelStartError``."""
+    kernel = await start_kernel(options)
+    try:
+        await prepare_kernel(kernel, options)
+    except BaseException:
+        await kernel.shutdown(graceful=False)
+        raise
+    return kernel
+
+
+async def prepare_kernel(kernel: KernelBackend, options: SessionOptions) -> None:
+    """Install kernelexec's in-kernel hooks (Python kernels), then run the startup code."""
+    if kernel.info.get("language_info", {}).get("name") == "python":
+        install = f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r})"
+        code = (
+            f"exec(compile({_BOOTSTRAP_SOURCE + chr(10) + install!r}, '<kernelexec>', 'exec'),"
+            " {'__name__': '__kernelexec__'})"
+        )
+        await run_private(kernel, code, options, "kernelexec's in-kernel setup")
+    if options.startup_code:
+        await run_private(kernel, options.startup_code, options, "startup_code")
+
+
+async def run_private(kernel: KernelBackend, code: str, options: SessionOptions, what: str) -> None:
+    """Run ``code`` silently (no history, no execution count); raise if it fails."""
+    msg_id = kernel.request("shell", "execute_request", execute_content(code, silent=True))
+    collector = OutputCollector(msg_id, max_output_bytes=options.max_output_bytes)
+    outcome = await pump(kernel, collector, time.monotonic() + options.startup_timeout)
+    if isinstance(outcome, KernelDeath):
+        raise KernelStartError(f"the kernel died while running {what}: {outcome.describe()}")
+    if outcome is DEADLINE:
+        raise KernelStartError(
+            f"{what} did not finish within startup_timeout ({options.startup_timeout:g} s)"
+        )
+    reply = collector.reply or {}
+    if reply.get("status") != "ok":
+        traceback = plain_traceback(reply.get("traceback", [])) or reply.get("evalue", "")
+        raise KernelStartError(f"{what} failed in the kernel; fix it and retry:\n{traceback}")
+
+
+def execute_content(code: str, *, silent: bool = False, allow_stdin: bool = False) -> dict[str, Any]:
+    return {
+        "code": code,
+        "silent": silent,
+        "store_history": not silent,
+        "user_expressions": {},
+        "allow_stdin": allow_stdin,
+        "stop_on_error": True,
+    }
+
+
+async def pump(
+    kernel: KernelBackend,
+    collector: OutputCollector,
+    deadline: float,
+    input_handler: InputHandler | None = None,
+) -> KernelDeath | Deadline | None:
+    """Feed the request's messages to its collector until it is complete (``None``)."""
+    while not collector.complete:
+        try:
+            item = await kernel.receive(deadline - time.monotonic())
+        except KernelDied as died:
+            return died.death
+        if item is None:
+            return DEADLINE
+        channel, msg = item
+        if channel == "stdin":
+            _answer_input(kernel, msg, input_handler)
+        else:
+            collector.feed(channel, msg)
+    return None
+
+
+def _answer_input(kernel: KernelBackend, msg: dict[str, Any], handler: InputHandler | None) -> None:
+    if handler is None or msg["header"]["msg_type"] != "input_request":
+        return
+    content = msg["content"]
+    try:
+        value = handler(content.get("prompt", ""), bool(content.get("password", False)))
+    except Exception:
+        log.exception("input_handler raised; the kernel's input() gets an empty string")
+        value = ""
+    kernel.request("stdin", "input_reply", {"value": str(value)}, parent=msg)

@@ -1,0 +1,283 @@
+"""SessionManager and AsyncSessionManager: many named sessions, a warm pool, idle culling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ._collector import OutputCallback
+from ._errors import InvalidArgument, SessionClosed, TooManySessions
+from ._loop import LoopThread
+from ._options import SessionOptions
+from ._pool import KernelPool
+from ._result import ExecutionResult
+from ._session import AsyncSession, Session, SessionStats
+
+T = TypeVar("T")
+log = logging.getLogger("kernelexec")
+
+
+@dataclass(frozen=True)
+class SessionInfo(SessionStats):
+    """One row of ``SessionManager.list()``: the session id and its stats."""
+
+    id: str = ""
+
+
+class AsyncSessionManager:
+    """Named sessions created on demand, served from a pool of pre-started kernels.
+
+    >>> async with AsyncSessionManager(pool_size=2, timeout=30) as m:
+    ...     await m.execute("agent-42", "y = 1")
+    ...     (await m.execute("agent-42", "y + 1")).result
+    '2'
+
+    Keyword arguments besides ``pool_size``, ``max_sessions`` and ``idle_timeout`` are session
+    options (``timeout``, ``cwd``, ``env``, ...) for every session; ``session(id, **options)``
+    overrides them for one session when it is created. The pool serves sessions whose kernel
+    options (kernel name, cwd, env, startup code, memory limit) are the manager's; a kernel
+    restart in such a session (timeout escalation, death, ``restart()``) also takes a pooled kernel.
+    """
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 2,
+        max_sessions: int = 64,
+        idle_timeout: float | None = 600.0,
+        **session_options: Any,
+    ) -> None:
+        if not isinstance(pool_size, int) or pool_size < 0:
+            raise InvalidArgument(f"pool_size must be an int >= 0, not {pool_size!r}")
+        if not isinstance(max_sessions, int) or max_sessions < 1:
+            raise InvalidArgument(f"max_sessions must be an int >= 1, not {max_sessions!r}")
+        if idle_timeout is not None and not (isinstance(idle_timeout, (int, float)) and idle_timeout > 0):
+            raise InvalidArgument(f"idle_timeout must be positive seconds or None, not {idle_timeout!r}")
+        self.options = SessionOptions(**session_options)
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        self._pool = KernelPool(self.options, pool_size)
+        self._sessions: dict[str, AsyncSession] = {}
+        self._culler: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncSessionManager:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> AsyncSessionManager:
+        """Start filling the pool and watching for idle sessions (done on first use anyway)."""
+        self._raise_if_closed()
+        if not self._started:
+            self._started = True
+            self._pool.fill()
+            if self.idle_timeout is not None:
+                self._culler = asyncio.create_task(self._cull_idle(), name="kernelexec-culler")
+        return self
+
+    async def session(self, session_id: str, **options: Any) -> AsyncSession:
+        """The running session called ``session_id``, created (and started) if needed."""
+        await self.start()
+        session = self._sessions.get(session_id)
+        if session is not None and not session.closed:
+            if options:
+                raise InvalidArgument(
+                    f"session {session_id!r} already exists; options apply only when a session is "
+                    "created (close it first to recreate it with other options)"
+                )
+        else:
+            live = sum(not s.closed for s in self._sessions.values())
+            if live >= self.max_sessions:
+                raise TooManySessions(
+                    f"this manager already holds max_sessions={self.max_sessions} sessions; close "
+                    "some with close(session_id), or create the manager with a larger max_sessions"
+                )
+            session = self._new_session(self.options.with_changes(**options) if options else self.options)
+            self._sessions[session_id] = session
+        try:
+            await session.start()
+        except BaseException:
+            if self._sessions.get(session_id) is session and session.stats.kernel_id is None:
+                del self._sessions[session_id]
+            raise
+        return session
+
+    async def execute(
+        self,
+        session_id: str,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecutionResult:
+        """Run ``code`` in the session ``session_id`` (created on first use)."""
+        session = await self.session(session_id)
+        return await session.execute(code, timeout=timeout, on_output=on_output)
+
+    async def close(self, session_id: str | None = None) -> None:
+        """Close one session (no-op if unknown), or with no id the manager and everything in it."""
+        if session_id is not None:
+            session = self._sessions.pop(session_id, None)
+            if session is not None:
+                await session.shutdown()
+            return
+        if self._closed:
+            return
+        self._closed = True
+        if self._culler is not None:
+            self._culler.cancel()
+            await asyncio.gather(self._culler, return_exceptions=True)
+        sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*(session.shutdown() for session in sessions))
+        await self._pool.close()
+
+    def list(self) -> list[SessionInfo]:
+        """Every session with its stats (created, last used, executions, timeouts, ...)."""
+        return [
+            SessionInfo(id=session_id, **vars(session.stats))
+            for session_id, session in self._sessions.items()
+        ]
+
+    @property
+    def pool_ready(self) -> int:
+        """How many pre-started kernels are waiting in the pool now."""
+        return self._pool.ready_count
+
+    def _new_session(self, options: SessionOptions) -> AsyncSession:
+        session = AsyncSession._from_options(options)
+        if self._pool.size and options.kernel_key() == self.options.kernel_key():
+            session._kernel_source = self._pool.take
+        return session
+
+    def _raise_if_closed(self) -> None:
+        if self._closed:
+            raise SessionClosed("this session manager was closed; create a new one")
+
+    async def _cull_idle(self) -> None:
+        """Shut down sessions idle past ``idle_timeout``; sleeps until the next one is due."""
+        assert self.idle_timeout is not None
+        while True:
+            now = time.time()
+            next_due = now + self.idle_timeout
+            for session_id, session in list(self._sessions.items()):
+                stats = session.stats
+                if stats.status in ("busy", "starting"):
+                    continue
+                due = stats.last_used + self.idle_timeout
+                if due <= now:
+                    log.info("closing session %r: idle for %.0f s", session_id, now - stats.last_used)
+                    await self.close(session_id)
+                else:
+                    next_due = min(next_due, due)
+            await asyncio.sleep(max(next_due - time.time(), 0.01))
+
+
+class SessionManager:
+    """The synchronous face of ``AsyncSessionManager``; thread-safe.
+
+    >>> with SessionManager(pool_size=2, max_sessions=64, idle_timeout=600) as m:
+    ...     s = m.session("agent-42")        # get or create, from the warm pool
+    ...     m.execute("agent-42", "y = 1")   # shorthand
+    ...     m.close("agent-42")
+    """
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 2,
+        max_sessions: int = 64,
+        idle_timeout: float | None = 600.0,
+        **session_options: Any,
+    ) -> None:
+        self._async = AsyncSessionManager(
+            pool_size=pool_size, max_sessions=max_sessions, idle_timeout=idle_timeout, **session_options
+        )
+        self._lock = threading.Lock()
+        self._loop_thread: LoopThread | None = None
+        self._faces: dict[str, Session] = {}
+
+    def __enter__(self) -> SessionManager:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def options(self) -> SessionOptions:
+        return self._async.options
+
+    @property
+    def pool_ready(self) -> int:
+        """How many pre-started kernels are waiting in the pool now."""
+        return self._async.pool_ready
+
+    def start(self) -> SessionManager:
+        """Start filling the pool (done on first use anyway)."""
+        self._call(self._async.start())
+        return self
+
+    def session(self, session_id: str, **options: Any) -> Session:
+        """The running session called ``session_id``, created (and started) if needed."""
+        async_session = self._call(self._async.session(session_id, **options))
+        with self._lock:
+            face = self._faces.get(session_id)
+            if face is None or face._async is not async_session:
+                assert self._loop_thread is not None
+                face = self._faces[session_id] = Session._attached(async_session, self._loop_thread)
+            return face
+
+    def execute(
+        self,
+        session_id: str,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecutionResult:
+        """Run ``code`` in the session ``session_id`` (created on first use)."""
+        return self._call(self._async.execute(session_id, code, timeout=timeout, on_output=on_output))
+
+    def close(self, session_id: str | None = None) -> None:
+        """Close one session, or with no id the manager and everything in it."""
+        if session_id is not None:
+            self._call(self._async.close(session_id))
+            with self._lock:
+                self._faces.pop(session_id, None)
+            return
+        with self._lock:
+            loop_thread, self._loop_thread = self._loop_thread, None
+            self._faces.clear()
+        if loop_thread is None:
+            self._async._closed = True
+            return
+        try:
+            loop_thread.run(self._async.close())
+        finally:
+            loop_thread.release()
+
+    def list(self) -> list[SessionInfo]:
+        """Every session with its stats (created, last used, executions, timeouts, ...)."""
+        return self._call(_as_coroutine(self._async.list))
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            if self._loop_thread is None:
+                if self._async._closed:
+                    coroutine.close()
+                    self._async._raise_if_closed()
+                self._loop_thread = LoopThread.acquire()
+            loop_thread = self._loop_thread
+        return loop_thread.run(coroutine)
+
+
+async def _as_coroutine(function: Any) -> Any:
+    """Run a plain function on the loop thread, where the manager's state lives."""
+    return function()

@@ -1,0 +1,83 @@
+"""A warm pool of prepared kernels, so a new or restarted session gets one at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from ._kernel import KernelBackend
+from ._launch import launch_kernel
+from ._options import SessionOptions
+
+log = logging.getLogger("kernelexec")
+
+
+class KernelPool:
+    """Keeps ``size`` kernels started and prepared for ``options``, refilled in the background.
+
+    ``take()`` hands out a ready kernel at once; when none is ready it claims the oldest start
+    already under way (sooner than a new one), and only then starts one itself. Every kernel
+    taken is replaced by a new background start. Use it from one event loop.
+    """
+
+    def __init__(self, options: SessionOptions, size: int) -> None:
+        self.options = options
+        self.size = size
+        self._ready: deque[KernelBackend] = deque()
+        self._starting: deque[asyncio.Task[KernelBackend]] = deque()
+        self._closed = False
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def fill(self) -> None:
+        """Start kernels in the background until ready + starting reaches ``size``."""
+        while not self._closed and len(self._ready) + len(self._starting) < self.size:
+            task = asyncio.create_task(launch_kernel(self.options), name="kernelexec-pool-start")
+            self._starting.append(task)
+            task.add_done_callback(self._on_started)
+
+    async def take(self) -> KernelBackend:
+        """A prepared kernel: from the pool if possible, else started now."""
+        try:
+            while self._ready:
+                kernel = self._ready.popleft()
+                if kernel.is_alive:
+                    return kernel
+                await kernel.shutdown(graceful=False)  # died while waiting in the pool
+            if self._starting:
+                task = self._starting.popleft()
+                task.remove_done_callback(self._on_started)
+                return await task
+            return await launch_kernel(self.options)
+        finally:
+            self.fill()
+
+    async def close(self) -> None:
+        """Stop background starts and shut down every kernel still in the pool."""
+        self._closed = True
+        starting, self._starting = list(self._starting), deque()
+        for task in starting:
+            task.remove_done_callback(self._on_started)
+            task.cancel()
+        for task in starting:
+            try:
+                kernel = await task
+            except (asyncio.CancelledError, Exception):
+                continue
+            await kernel.shutdown(graceful=False)
+        ready, self._ready = list(self._ready), deque()
+        await asyncio.gather(*(kernel.shutdown(graceful=False) for kernel in ready))
+
+    def _on_started(self, task: asyncio.Task[KernelBackend]) -> None:
+        self._starting.remove(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            # No retry loop: the next take() starts a kernel itself and reports the error.
+            log.warning("a pooled kernel failed to start: %s", error)
+            return
+        self._ready.append(task.result())
