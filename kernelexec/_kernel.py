@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from ._options import SessionOptions
 
 # Messages already sent by a kernel that just died may still be on their way through ZMQ.
-DEATH_DRAIN_SECONDS = 0.05
+DEATH_DRAIN_SECONDS = 0.02
+CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
 # How long a kernel may take to exit after a shutdown_request before it is killed.
 GRACEFUL_EXIT_SECONDS = 1.0
 # How long a SIGKILLed kernel may take to be gone (it is immediate unless the machine is swamped).
@@ -175,7 +176,7 @@ class LocalKernel:
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=kernel._stderr_file,
             )  # fmt: skip
-            kernel._watchdog = OwnerDeathWatchdog.start(manager.provisioner.pgid)
+            kernel._watchdog = OwnerDeathWatchdog.start(manager.provisioner.pgid, _kernel_files(manager))
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, startup_timeout, f"kernel {kernel_name!r}")
         except BaseException as error:
@@ -334,23 +335,24 @@ class OwnerDeathWatchdog:
     stuck in a long C call, and it leaves the kernel's child processes behind. The watchdog is a
     tiny ``sh`` outside the kernel, reading a pipe whose write end only this process holds
     (close-on-exec, so no other child inherits it). When this process exits, even by SIGKILL, the
-    read returns end-of-file and the watchdog kills the whole group.
+    read returns end-of-file and the watchdog kills the whole group and removes the kernel's
+    connection and socket files, which a killed owner cannot.
     """
 
-    SCRIPT = 'read -r _; kill -9 -"$0" 2>/dev/null; exit 0'  # dash's kill takes no --
+    SCRIPT = 'read -r _; kill -9 -"$0" 2>/dev/null; rm -f "$@"; exit 0'  # dash's kill takes no --
 
     def __init__(self, process: subprocess.Popen[bytes], write_end: int) -> None:
         self._process = process
         self._write_end = write_end
 
     @classmethod
-    def start(cls, pgid: int | None) -> OwnerDeathWatchdog | None:
+    def start(cls, pgid: int | None, files: list[str]) -> OwnerDeathWatchdog | None:
         if not pgid or os.name != "posix" or not os.path.exists("/bin/sh"):
             return None
         read_end, write_end = os.pipe()
         try:
             process = subprocess.Popen(
-                ["/bin/sh", "-c", cls.SCRIPT, str(pgid)],
+                ["/bin/sh", "-c", cls.SCRIPT, str(pgid), *files],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C aimed at us must not take the watchdog first
             )  # fmt: skip
@@ -442,6 +444,15 @@ def _new_manager(kernel_name: str) -> AsyncKernelManager:
             "those as kernel_name, or install one, e.g. `python -m ipykernel install --user`."
         ) from None
     return manager
+
+
+def _kernel_files(manager: AsyncKernelManager) -> list[str]:
+    """The connection file and, for IPC, the socket files of a started kernel."""
+    info = manager.get_connection_info()
+    files = [manager.connection_file]
+    if info["transport"] == "ipc":
+        files += [f"{info['ip']}-{info[f'{channel}_port']}" for channel in CHANNEL_NAMES]
+    return files
 
 
 def _signal_process_group(manager: AsyncKernelManager, signum: int) -> None:
