@@ -25,6 +25,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 from ._channels import Message, ZmqChannels, open_pidfd
 from ._errors import KernelStartError
+from ._limits import PidsCgroup, process_limit_for_root_unavailable
 
 if TYPE_CHECKING:
     from ._options import SessionOptions
@@ -135,6 +136,9 @@ class LocalKernel:
     exit through a pidfd on Linux rather than by polling.
     """
 
+    # Set when max_processes must be enforced by the kernel itself (RLIMIT_NPROC), see _limits.
+    needs_nproc_limit = False
+
     def __init__(self, manager: AsyncKernelManager, stderr_file: IO[bytes]) -> None:
         self._manager = manager
         self._stderr_file = stderr_file
@@ -143,6 +147,7 @@ class LocalKernel:
         self._exited_at: float | None = None
         self._closed = False
         self._watchdog: OwnerDeathWatchdog | None = None
+        self._cgroup: PidsCgroup | None = None
         self.info: dict[str, Any] = {}
 
     @property
@@ -166,6 +171,7 @@ class LocalKernel:
         cwd: str | None,
         env: dict[str, str],
         startup_timeout: float,
+        max_processes: int | None = None,
     ) -> LocalKernel:
         """Start a kernel and return it once it answers requests on every channel."""
         manager = _new_manager(kernel_name)
@@ -176,7 +182,12 @@ class LocalKernel:
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=kernel._stderr_file,
             )  # fmt: skip
-            kernel._watchdog = OwnerDeathWatchdog.start(manager.provisioner.pgid, _kernel_files(manager))
+            if max_processes is not None:
+                kernel._limit_processes(max_processes)
+            cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
+            kernel._watchdog = OwnerDeathWatchdog.start(
+                manager.provisioner.pgid, _kernel_files(manager), cgroup
+            )
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, startup_timeout, f"kernel {kernel_name!r}")
         except BaseException as error:
@@ -306,6 +317,17 @@ class LocalKernel:
             while self._channels.try_receive() is not None:
                 pass  # output of an exiting kernel is of no use now
 
+    def _limit_processes(self, max_processes: int) -> None:
+        process = self.process
+        assert process is not None
+        self._cgroup = PidsCgroup.create(f"kernelexec-{self.kernel_id}", max_processes)
+        if self._cgroup is not None:
+            self._cgroup.add(process.pid)
+        elif os.geteuid() == 0:
+            raise process_limit_for_root_unavailable()
+        else:
+            self.needs_nproc_limit = True
+
     def _close_channels(self) -> None:
         if self._channels is not None:
             self._channels.close()
@@ -319,6 +341,9 @@ class LocalKernel:
                 process.wait(timeout=KILL_WAIT_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
@@ -339,14 +364,18 @@ class OwnerDeathWatchdog:
     connection and socket files, which a killed owner cannot.
     """
 
-    SCRIPT = 'read -r _; kill -9 -"$0" 2>/dev/null; rm -f "$@"; exit 0'  # dash's kill takes no --
+    SCRIPT = (
+        'read -r _; kill -9 -"$0" 2>/dev/null; rm -f "$@"; '  # dash's kill takes no --
+        'if [ -n "$KERNELEXEC_CGROUP" ]; then for i in 1 2 3 4 5 6 7 8 9 10; do '
+        'rmdir "$KERNELEXEC_CGROUP" 2>/dev/null && break; sleep 0.2; done; fi; exit 0'
+    )
 
     def __init__(self, process: subprocess.Popen[bytes], write_end: int) -> None:
         self._process = process
         self._write_end = write_end
 
     @classmethod
-    def start(cls, pgid: int | None, files: list[str]) -> OwnerDeathWatchdog | None:
+    def start(cls, pgid: int | None, files: list[str], cgroup: str | None) -> OwnerDeathWatchdog | None:
         if not pgid or os.name != "posix" or not os.path.exists("/bin/sh"):
             return None
         read_end, write_end = os.pipe()
@@ -354,6 +383,7 @@ class OwnerDeathWatchdog:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", cls.SCRIPT, str(pgid), *files],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={"PATH": os.defpath, "KERNELEXEC_CGROUP": cgroup or ""},
                 start_new_session=True,  # a Ctrl-C aimed at us must not take the watchdog first
             )  # fmt: skip
         except OSError:
@@ -380,6 +410,7 @@ async def start_kernel(options: SessionOptions) -> KernelBackend:
         cwd=options.cwd,
         env=options.kernel_env(),
         startup_timeout=options.startup_timeout,
+        max_processes=options.max_processes,
     )
 
 

@@ -12,7 +12,9 @@ It does two jobs:
   know, and the payload costs no extra round trip.
 - It splits big writes to stdout/stderr into bounded stream messages, so a gigabyte print reaches
   the client as a series of small messages it can truncate as they come, instead of one message
-  the size of the print.
+  the size of the print; and it gives those streams a ``buffer`` for code that writes bytes.
+- It applies the session's memory and process limits to the kernel itself, and makes
+  ``os._exit`` send pending output before the process ends.
 """
 
 import os
@@ -77,23 +79,52 @@ def _report_errors(shell):
     shell.events.register("post_run_cell", post_run_cell)
 
 
-def _bound_stream(stream, max_chars):
-    write = stream.write
-    unflushed = [0]
+class _BinaryStream(object):
+    """``sys.stdout.buffer`` for ipykernel's text streams, which have none: bytes are decoded as
+    UTF-8 (invalid bytes replaced), so code that writes bytes works as it does in a terminal."""
 
-    def bounded_write(text):
-        if not isinstance(text, str):
-            return write(text)  # the stream raises its own TypeError
+    def __init__(self, stream):
+        import codecs
+
+        self._stream = stream
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data):
+        self._stream.write(self._decoder.decode(bytes(data)))
+        return len(data)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        self._stream.flush()
+
+    def writable(self):
+        return True
+
+
+def _split_large_messages(stream, max_chars):
+    """Send a stream message longer than ``max_chars`` as several bounded ones.
+
+    A hook on ipykernel's public message-hook API; hooks are per thread and messages are sent
+    from the stream's I/O thread, so the hook is registered there. (Wrapping ``write`` instead
+    does not last: IPython 9 re-wraps and restores ``sys.stdout.write`` around every cell.)
+    """
+
+    def split(msg):
+        text = msg["content"].get("text", "")
+        if len(text) <= max_chars:
+            return msg
         for start in range(0, len(text), max_chars):
-            piece = text[start : start + max_chars]
-            write(piece)
-            unflushed[0] += len(piece)
-            if unflushed[0] >= max_chars:
-                unflushed[0] = 0
-                stream.flush()  # waits for the send: back-pressure on runaway printing
-        return len(text)
+            content = {"name": msg["content"]["name"], "text": text[start : start + max_chars]}
+            piece = stream.session.msg("stream", content, parent=msg["parent_header"])
+            stream.session.send(stream.pub_thread, piece, ident=stream.topic)
+        return None
 
-    stream.write = bounded_write
+    stream.pub_thread.schedule(lambda: stream.register_hook(split))
+    if not hasattr(stream, "buffer"):
+        stream.buffer = _BinaryStream(stream)
 
 
 def _flush_output_before_hard_exit():
@@ -113,24 +144,27 @@ def _flush_output_before_hard_exit():
     os._exit = exit_after_flushing
 
 
-def _limit_memory(max_bytes):
-    """Cap the kernel's address space: allocations past it raise MemoryError."""
+def _lower_limit(which, value):
+    """Lower a resource limit (soft and hard, so the code cannot raise it back)."""
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = getattr(resource, which)
+    _, hard = resource.getrlimit(limit)
     if hard != resource.RLIM_INFINITY:
-        max_bytes = min(max_bytes, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, hard))
+        value = min(value, hard)
+    resource.setrlimit(limit, (value, value))
 
 
-def install(max_message_chars, memory_limit=None):
+def install(max_message_chars, memory_limit=None, max_processes=None):
     """Install kernelexec's hooks in the running IPython kernel (idempotent)."""
     global _INTERNAL_DIRS
     from IPython import get_ipython
 
     shell = get_ipython()
     if memory_limit:
-        _limit_memory(memory_limit)
+        _lower_limit("RLIMIT_AS", memory_limit)  # over-allocation: a clean MemoryError
+    if max_processes:
+        _lower_limit("RLIMIT_NPROC", max_processes)
     if getattr(shell, "_kernelexec_installed", False):
         return
     shell._kernelexec_installed = True
@@ -138,5 +172,5 @@ def install(max_message_chars, memory_limit=None):
     _report_errors(shell)
     _flush_output_before_hard_exit()
     for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "pub_thread"):  # ipykernel's OutStream
-            _bound_stream(stream, max_message_chars)
+        if hasattr(stream, "pub_thread") and hasattr(stream, "register_hook"):  # ipykernel's OutStream
+            _split_large_messages(stream, max_message_chars)

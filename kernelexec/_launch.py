@@ -51,7 +51,8 @@ async def launch_kernel(options: SessionOptions) -> KernelBackend:
 async def prepare_kernel(kernel: KernelBackend, options: SessionOptions) -> None:
     """Install kernelexec's in-kernel hooks (Python kernels), then run the startup code."""
     if kernel.info.get("language_info", {}).get("name") == "python":
-        install = f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r})"
+        nproc = options.max_processes if getattr(kernel, "needs_nproc_limit", False) else None
+        install = f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r}, {nproc!r})"
         code = (
             f"exec(compile({_BOOTSTRAP_SOURCE + chr(10) + install!r}, '<kernelexec>', 'exec'),"
             " {'__name__': '__kernelexec__'})"

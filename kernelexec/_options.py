@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,6 +30,7 @@ class SessionOptions:
     startup_code: str | None = None
     max_output_bytes: int = 1_000_000
     memory_limit: int | None = None
+    max_processes: int | None = None
     on_output: OutputCallback | None = None
     spill_dir: str | None = None
     input_handler: InputHandler | None = None
@@ -48,12 +50,21 @@ class SessionOptions:
             raise InvalidArgument(
                 f"memory_limit must be a positive number of bytes or None, not {self.memory_limit!r}"
             )
+        if self.max_processes is not None and (
+            not isinstance(self.max_processes, int) or isinstance(self.max_processes, bool)
+            or self.max_processes < 16
+        ):
+            raise InvalidArgument(
+                "max_processes must be an int of at least 16 (the kernel's own threads count) or "
+                f"None, not {self.max_processes!r}"
+            )
         for name in ("cwd", "spill_dir"):
             path = getattr(self, name)
             if path is not None:
                 path = os.fspath(path)
                 if not os.path.isdir(path):
                     raise InvalidArgument(f"{name} {path!r} is not an existing directory")
+                _check_writable(name, path)
                 object.__setattr__(self, name, os.path.abspath(path))
         if self.startup_code is not None and not isinstance(self.startup_code, str):
             raise InvalidArgument("startup_code must be a string of code or None")
@@ -73,7 +84,10 @@ class SessionOptions:
     def kernel_key(self) -> tuple[Any, ...]:
         """What a prepared kernel depends on: sessions with equal keys can share a warm pool."""
         env = tuple(sorted((self.env or {}).items()))
-        return (self.kernel_name, self.cwd, env, self.inherit_env, self.startup_code, self.memory_limit)
+        return (
+            self.kernel_name, self.cwd, env, self.inherit_env, self.startup_code,
+            self.memory_limit, self.max_processes,
+        )  # fmt: skip
 
 
 def check_timeout(timeout: float | None, default: float) -> float:
@@ -82,6 +96,18 @@ def check_timeout(timeout: float | None, default: float) -> float:
         return default
     _check_seconds("timeout", timeout)
     return float(timeout)
+
+
+def _check_writable(name: str, path: str) -> None:
+    """Code expects to write files where it runs; say so now rather than at the first write."""
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise InvalidArgument(
+            f"{name} {path!r} is not writable ({error.strerror}); pass a directory the kernel can "
+            "write to"
+        ) from None
 
 
 def _check_seconds(name: str, value: object) -> None:

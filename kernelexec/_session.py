@@ -119,6 +119,7 @@ class _SessionBase:
         startup_code: str | None = None,
         max_output_bytes: int = 1_000_000,
         memory_limit: int | None = None,
+        max_processes: int | None = None,
         on_output: OutputCallback | None = None,
         spill_dir: str | os.PathLike[str] | None = None,
         input_handler: InputHandler | None = None,
@@ -128,7 +129,8 @@ class _SessionBase:
                 kernel_name=kernel_name, timeout=timeout, interrupt_grace=interrupt_grace,
                 startup_timeout=startup_timeout, cwd=cwd, env=env, inherit_env=inherit_env,
                 startup_code=startup_code, max_output_bytes=max_output_bytes,
-                memory_limit=memory_limit, on_output=on_output, spill_dir=spill_dir,
+                memory_limit=memory_limit, max_processes=max_processes, on_output=on_output,
+                spill_dir=spill_dir,
                 input_handler=input_handler,
             )  # fmt: skip
         )
