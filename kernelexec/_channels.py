@@ -17,6 +17,8 @@ from jupyter_client.session import Session as ProtocolSession
 from jupyter_client.session import json_unpacker
 
 Message = dict[str, Any]
+# Messages held in our iopub queue; at most 256 KiB each from kernels kernelexec prepared.
+IOPUB_RECEIVE_QUEUE = 100
 CHANNELS = (("iopub", zmq.SUB), ("shell", zmq.DEALER), ("stdin", zmq.DEALER))
 
 
@@ -39,6 +41,9 @@ class ZmqChannels:
                 socket.identity = session.bsession  # stdin replies are routed by this identity
             if channel == "iopub":
                 socket.setsockopt(zmq.SUBSCRIBE, b"")
+                # Queue few messages here: kernelexec's Python kernels then wait (XPUB_NODROP)
+                # instead of filling our memory with output we would truncate anyway.
+                socket.rcvhwm = IOPUB_RECEIVE_QUEUE
             socket.connect(channel_url(info, channel))
             self._sockets.append((channel, socket))
         self._by_name = dict(self._sockets)

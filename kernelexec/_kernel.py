@@ -25,7 +25,9 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 from ._channels import Message, ZmqChannels, open_pidfd
 from ._errors import KernelStartError
-from ._limits import PidsCgroup, process_limit_for_root_unavailable
+from ._containment import (
+    PidsCgroup, descendants, kill_unchanged, process_limit_for_root_unavailable,
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from ._options import SessionOptions
@@ -136,7 +138,7 @@ class LocalKernel:
     exit through a pidfd on Linux rather than by polling.
     """
 
-    # Set when max_processes must be enforced by the kernel itself (RLIMIT_NPROC), see _limits.
+    # Set when max_processes must be enforced by the kernel itself (RLIMIT_NPROC), see _containment.
     needs_nproc_limit = False
 
     def __init__(self, manager: AsyncKernelManager, stderr_file: IO[bytes]) -> None:
@@ -182,8 +184,7 @@ class LocalKernel:
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=kernel._stderr_file,
             )  # fmt: skip
-            if max_processes is not None:
-                kernel._limit_processes(max_processes)
+            kernel._contain(max_processes)
             cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
             kernel._watchdog = OwnerDeathWatchdog.start(
                 manager.provisioner.pgid, _kernel_files(manager), cgroup
@@ -191,11 +192,12 @@ class LocalKernel:
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, startup_timeout, f"kernel {kernel_name!r}")
         except BaseException as error:
+            last_words = kernel.stderr_tail()  # before shutdown closes the file
             await kernel.shutdown(graceful=False)
             if isinstance(error, KernelDied):
                 raise KernelStartError(
                     f"the {kernel_name!r} kernel died while starting: {error.death.describe()}."
-                    f"{_format_detail(kernel.stderr_tail())}"
+                    f"{_format_detail(last_words)}"
                 ) from None
             if isinstance(error, (OSError, subprocess.SubprocessError)):
                 raise KernelStartError(f"could not launch the {kernel_name!r} kernel: {error}") from error
@@ -247,6 +249,9 @@ class LocalKernel:
             return
         self._closed = True
         _LIVE_KERNELS.discard(self)
+        # Without a cgroup, what the code started outside the kernel's process group is found
+        # through the kernel, so it must be looked up while the kernel is still its parent.
+        strays = descendants(self.process.pid) if self._cgroup is None and self.is_alive else {}
         try:
             if self._channels is not None and self._pidfd is not None and self.is_alive:
                 if graceful:
@@ -263,7 +268,7 @@ class LocalKernel:
                 else:
                     await self._manager.cleanup_resources()
             finally:
-                self._release_process()
+                self._release_process(strays)
 
     def kill_now(self) -> None:
         """Synchronous last resort (interpreter exit): kill the process group, remove files."""
@@ -272,7 +277,8 @@ class LocalKernel:
         self._closed = True
         _LIVE_KERNELS.discard(self)
         self._close_channels()
-        self._release_process()
+        alive = self._cgroup is None and self.is_alive
+        self._release_process(descendants(self.process.pid) if alive else {})
         try:
             self._manager.cleanup_connection_file()
             self._manager.cleanup_ipc_files()
@@ -317,24 +323,33 @@ class LocalKernel:
             while self._channels.try_receive() is not None:
                 pass  # output of an exiting kernel is of no use now
 
-    def _limit_processes(self, max_processes: int) -> None:
+    def _contain(self, max_processes: int | None) -> None:
+        """Put the kernel in a cgroup of its own where possible (see ``_containment``)."""
         process = self.process
         assert process is not None
         self._cgroup = PidsCgroup.create(f"kernelexec-{self.kernel_id}", max_processes)
         if self._cgroup is not None:
-            self._cgroup.add(process.pid)
-        elif os.geteuid() == 0:
+            try:
+                self._cgroup.add(process.pid)
+                return
+            except OSError:
+                self._cgroup.kill_and_remove()
+                self._cgroup = None
+        if max_processes is None:
+            return
+        if os.geteuid() == 0:
             raise process_limit_for_root_unavailable()
-        else:
-            self.needs_nproc_limit = True
+        self.needs_nproc_limit = True
 
     def _close_channels(self) -> None:
         if self._channels is not None:
             self._channels.close()
             self._channels = None
 
-    def _release_process(self) -> None:
-        _signal_process_group(self._manager, signal.SIGKILL)  # whatever the user's code started
+    def _release_process(self, strays: dict[int, bytes]) -> None:
+        """Kill the kernel and whatever the user's code started; free what the kernel held."""
+        _signal_process_group(self._manager, signal.SIGKILL)
+        kill_unchanged(strays)
         process = self.process
         if process is not None:
             try:
@@ -342,7 +357,7 @@ class LocalKernel:
             except subprocess.TimeoutExpired:
                 pass
         if self._cgroup is not None:
-            self._cgroup.remove()
+            self._cgroup.kill_and_remove()
             self._cgroup = None
         if self._watchdog is not None:
             self._watchdog.stop()
@@ -360,13 +375,15 @@ class OwnerDeathWatchdog:
     stuck in a long C call, and it leaves the kernel's child processes behind. The watchdog is a
     tiny ``sh`` outside the kernel, reading a pipe whose write end only this process holds
     (close-on-exec, so no other child inherits it). When this process exits, even by SIGKILL, the
-    read returns end-of-file and the watchdog kills the whole group and removes the kernel's
-    connection and socket files, which a killed owner cannot.
+    read returns end-of-file and the watchdog kills the whole group (and everything in the
+    kernel's cgroup, if it has one) and removes the kernel's connection and socket files, which a
+    killed owner cannot.
     """
 
     SCRIPT = (
         'read -r _; kill -9 -"$0" 2>/dev/null; rm -f "$@"; '  # dash's kill takes no --
         'if [ -n "$KERNELEXEC_CGROUP" ]; then for i in 1 2 3 4 5 6 7 8 9 10; do '
+        'for p in $(cat "$KERNELEXEC_CGROUP/cgroup.procs" 2>/dev/null); do kill -9 "$p"; done; '
         'rmdir "$KERNELEXEC_CGROUP" 2>/dev/null && break; sleep 0.2; done; fi; exit 0'
     )
 

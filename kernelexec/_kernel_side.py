@@ -19,6 +19,7 @@ It does two jobs:
 
 import os
 import sys
+import threading
 import traceback
 
 PAYLOAD_SOURCE = "kernelexec.error"
@@ -112,19 +113,83 @@ def _split_large_messages(stream, max_chars):
     does not last: IPython 9 re-wraps and restores ``sys.stdout.write`` around every cell.)
     """
 
+    pub_thread = stream.pub_thread
+
     def split(msg):
         text = msg["content"].get("text", "")
         if len(text) <= max_chars:
             return msg
+        # Already on the I/O thread: send on its socket directly. Going through pub_thread would
+        # queue each piece as an event for this very thread, and past the event pipe's
+        # high-water mark (1000 pieces) the send blocks forever.
+        socket = pub_thread.socket if threading.current_thread() is pub_thread.thread else pub_thread
         for start in range(0, len(text), max_chars):
             content = {"name": msg["content"]["name"], "text": text[start : start + max_chars]}
             piece = stream.session.msg("stream", content, parent=msg["parent_header"])
-            stream.session.send(stream.pub_thread, piece, ident=stream.topic)
+            stream.session.send(socket, piece, ident=stream.topic)
         return None
 
-    stream.pub_thread.schedule(lambda: stream.register_hook(split))
+    pub_thread.schedule(lambda: stream.register_hook(split))
     if not hasattr(stream, "buffer"):
         stream.buffer = _BinaryStream(stream)
+
+
+def _wait_for_fd_output(shell, streams):
+    """Let output written to file descriptors 1 and 2 reach the call that wrote it.
+
+    ipykernel forwards such output (``os.write(1, ...)``, subprocesses, C libraries) from a pipe
+    through a reader thread; when a cell ends right after writing, the reader may not have passed
+    it on before the reply is sent, and the output would be reported after the call ended.
+    Before the cell's results go out, wait until the pipes are empty and let the reader run.
+    """
+    import fcntl
+    import struct
+    import termios
+    import time
+
+    pipes = [stream._fid for stream in streams if isinstance(getattr(stream, "_fid", None), int)]
+    if not pipes:
+        return
+
+    def pending(fid):
+        try:
+            return struct.unpack("i", fcntl.ioctl(fid, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
+
+    def drain(*_):
+        deadline = time.monotonic() + 1.0
+        while any(pending(fid) for fid in pipes) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0)  # the reader thread may hold bytes it has read but not yet written
+
+    shell.events.register("post_execute", drain)
+
+
+def _keep_kernel_on_exit(shell):
+    """IPython's ``exit()``/``quit()`` would end the kernel once the call is over, taking the
+    session's state with it; in a session only the owner ends the kernel."""
+
+    def ask_exit():
+        sys.stderr.write("exit() and quit() do not end a kernelexec session; its state is kept.\n")
+
+    shell.ask_exit = ask_exit
+
+
+def _never_drop_output(shell):
+    """Make the IOPub socket wait for a slow client instead of dropping messages.
+
+    A PUB socket drops messages once a subscriber's queue holds its high-water mark (1000
+    messages on each side); a huge print split into pieces reaches that in a burst, and a dropped
+    ``idle`` status would leave the client waiting for the rest of the call. With ``XPUB_NODROP``
+    the send blocks until the client catches up, which also bounds the client's memory.
+    """
+    import zmq
+
+    pub_thread = getattr(getattr(shell.kernel, "iopub_socket", None), "io_thread", None)
+    socket = getattr(pub_thread, "socket", None)
+    if socket is not None:
+        pub_thread.schedule(lambda: socket.setsockopt(zmq.XPUB_NODROP, 1))
 
 
 def _flush_output_before_hard_exit():
@@ -171,6 +236,9 @@ def install(max_message_chars, memory_limit=None, max_processes=None):
     _INTERNAL_DIRS = _internal_dirs()
     _report_errors(shell)
     _flush_output_before_hard_exit()
+    _never_drop_output(shell)
+    _keep_kernel_on_exit(shell)
+    _wait_for_fd_output(shell, (sys.stdout, sys.stderr))
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "pub_thread") and hasattr(stream, "register_hook"):  # ipykernel's OutStream
             _split_large_messages(stream, max_message_chars)
