@@ -29,6 +29,7 @@ from typing import Any
 
 import humanize
 
+from .._errors import InvalidArgument
 from .._manager import SessionManager
 from .._result import ExecutionResult as KernelResult
 from .._session import Session
@@ -152,6 +153,8 @@ class Interpreter:
         **session_options: Any,
     ) -> None:
         self.working_dir = Path(working_dir).resolve()
+        if not self.working_dir.is_dir():
+            raise InvalidArgument(f"working_dir {str(self.working_dir)!r} is not an existing directory")
         self.timeout = timeout
         self.format_tb_ipython = format_tb_ipython
         self.agent_file_name = agent_file_name

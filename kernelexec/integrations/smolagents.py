@@ -45,7 +45,7 @@ class KernelExecutor(RemotePythonExecutor):
 
     ``additional_imports``, ``logger`` and ``allow_pickle`` mean what they mean for smolagents'
     remote executors (``CodeAgent`` passes its ``additional_authorized_imports`` and logger when
-    it builds one; built by hand, a quiet logger is used). Packages the agent may import that are
+    it builds one; built by hand, a silent logger is used: the agent reports errors itself). Packages the agent may import that are
     missing from the kernel's environment are reported, and installed with ``%pip`` only when
     ``install_missing=True``. ``session`` reuses a running session, which ``cleanup()`` then
     leaves running; otherwise the executor starts its own with ``timeout`` (seconds per code
@@ -64,7 +64,7 @@ class KernelExecutor(RemotePythonExecutor):
         **session_options: Any,
     ) -> None:
         super().__init__(
-            list(additional_imports or []), logger or AgentLogger(LogLevel.ERROR), allow_pickle
+            list(additional_imports or []), logger or AgentLogger(LogLevel.OFF), allow_pickle
         )
         self.install_missing = install_missing
         self._owns_session = session is None
