@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import nbformat
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ImageContent, TextContent
@@ -287,8 +288,28 @@ def _content(result: ExecutionResult) -> list[TextContent | ImageContent]:
 
 def _save_notebook(session: AsyncSession, path: str) -> int:
     """Write the session's notebook to ``path``; returns the number of cells."""
-    session.save_notebook(path)
-    return len(session.notebook.cells)
+    save = getattr(session, "save_notebook", None)
+    if save is not None:
+        save(path)
+        return len(session.notebook.cells)
+    notebook = _notebook_from_history_standin(session)
+    nbformat.write(notebook, path)
+    return len(notebook.cells)
+
+
+def _notebook_from_history_standin(session: AsyncSession) -> nbformat.NotebookNode:
+    """STAND-IN until Session.notebook / save_notebook (issue 4) is merged: one code cell per
+    call in the session's history, with its outputs. Remove it then."""
+    notebook = nbformat.v4.new_notebook()
+    name = session.options.kernel_name
+    notebook.metadata["kernelspec"] = {"name": name, "display_name": name}
+    for code, result in session.history:
+        cell = nbformat.v4.new_code_cell(code, execution_count=result.execution_count)
+        cell.outputs = [nbformat.from_dict(dict(output)) for output in result.outputs]
+        cell.metadata["kernelexec"] = {"status": result.status, "exec_time": round(result.exec_time, 6)}
+        notebook.cells.append(cell)
+    nbformat.validate(notebook)
+    return notebook
 
 
 __all__ = ["INSTRUCTIONS", "KernelTools", "ServerSettings", "create_server", "serve"]
