@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -232,3 +233,31 @@ def test_kernels_end_with_the_client_connection():
     while any(psutil.pid_exists(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+def test_kernelexec_mcp_without_the_mcp_package_explains_and_exits_2(tmp_path):
+    shadow = tmp_path / "mcp"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('No module named mcp')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "kernelexec", "mcp"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO_ROOT}"),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "kernelexec mcp needs the mcp package" in done.stderr
+    assert "pip install 'kernelexec[mcp]'" in done.stderr
+
+
+def test_import_kernelexec_loads_no_integration():
+    code = (
+        "import sys, kernelexec\n"
+        "print([m for m in sys.modules if m.split('.')[0] in ('mcp', 'smolagents') "
+        "or m.startswith('kernelexec.integrations')])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
