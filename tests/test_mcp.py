@@ -261,3 +261,11 @@ def test_import_kernelexec_loads_no_integration():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_kernel_that_cannot_start_is_a_tool_error():
+    async def scenario(client: Client) -> tuple[bool, str]:
+        return await execute(client, "a", "1")
+
+    is_error, text = with_server(scenario, "--kernel", "no-such-kernel", "--pool-size", "0")
+    assert is_error and "no kernel spec named 'no-such-kernel'" in text
