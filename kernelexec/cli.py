@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ._errors import KernelexecError
 from ._result import ExecutionResult
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run_code.add_argument("--cwd", metavar="DIR", help="the kernel's working directory")
     run_code.add_argument("--kernel", default="python3", metavar="NAME", help="kernel spec name (default python3)")
     run_code.set_defaults(handler=_exec)
+    _add_mcp_command(commands)
     return parser
 
 
@@ -56,6 +58,61 @@ def _print_result(result: ExecutionResult) -> None:
     if not str(result).endswith("\n"):
         sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+def _add_mcp_command(commands: Any) -> None:
+    serve = commands.add_parser(
+        "mcp",
+        help="serve persistent sessions to agents over the Model Context Protocol (stdio)",
+        description="A Model Context Protocol server on stdin/stdout with tools to execute code in "
+        "named persistent sessions, list, restart and close them, and export one as a notebook. "
+        "Needs the mcp extra: pip install 'kernelexec[mcp]'.",
+    )
+    serve.add_argument("--root", default=".", metavar="DIR", help="working directory of the sessions (default: the current one)")
+    serve.add_argument("--session-dirs", action="store_true", help="give each session its own directory DIR/<session>")
+    serve.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default time limit of one call (default 60)")
+    serve.add_argument("--max-timeout", type=float, default=600.0, metavar="S", help="the most a call may ask for (default 600)")
+    serve.add_argument("--max-sessions", type=int, default=16, metavar="N", help="live sessions at most (default 16)")
+    serve.add_argument("--idle-timeout", type=float, default=3600.0, metavar="S", help="close sessions idle this long (default 3600)")
+    serve.add_argument("--pool-size", type=int, default=1, metavar="N", help="pre-started kernels kept ready (default 1)")
+    serve.add_argument("--inherit-env", choices=["scrub", "all", "none"], default="scrub",
+                       help="environment for kernels: ours minus secrets (default), all of it, or a minimal base")
+    serve.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable in the kernels (repeatable)")
+    serve.add_argument("--memory-limit", type=_bytes, metavar="SIZE", help="memory cap per kernel, e.g. 2G or 512M")
+    serve.add_argument("--max-processes", type=int, metavar="N", help="processes/threads per kernel at most")
+    serve.add_argument("--max-output-bytes", type=int, default=100_000, metavar="N", help="output kept per call (default 100000)")
+    serve.add_argument("--kernel", default="python3", metavar="NAME", help="kernel spec name (default python3)")
+    serve.set_defaults(handler=_mcp)
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    try:
+        from .integrations.mcp import serve
+    except ImportError as error:
+        raise KernelexecError(f"kernelexec mcp needs the mcp package ({error}); pip install 'kernelexec[mcp]'") from None
+    env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise KernelexecError(f"--env takes NAME=VALUE, not {item!r}")
+        env[name] = value
+    serve(
+        root=args.root, session_dirs=args.session_dirs, timeout=args.timeout, max_timeout=args.max_timeout,
+        max_sessions=args.max_sessions, idle_timeout=args.idle_timeout, pool_size=args.pool_size,
+        inherit_env={"scrub": "scrub", "all": True, "none": False}[args.inherit_env], env=env or None,
+        memory_limit=args.memory_limit, max_processes=args.max_processes,
+        max_output_bytes=args.max_output_bytes, kernel_name=args.kernel,
+    )  # fmt: skip
+    return 0
+
+
+def _bytes(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B")
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use bytes, or K, M, G)") from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""A smolagents code executor that runs a ``CodeAgent``'s actions in a kernelexec session.
+
+smolagents' remote executors (Docker, E2B, Modal, ...) run the agent's code in a Jupyter kernel
+somewhere else; ``KernelExecutor`` is one of them with the kernel on this machine, started and
+supervised by kernelexec: a code action that loops forever is interrupted at ``timeout`` and the
+agent reads a ``TimeoutError``; a kernel that dies is replaced and the agent is told its state is
+gone. Requires the ``smolagents`` extra (``pip install 'kernelexec[smolagents]'``).
+
+>>> from smolagents import CodeAgent
+>>> from kernelexec.integrations.smolagents import KernelExecutor
+>>> with CodeAgent(tools=[], model=model, executor=KernelExecutor(timeout=30)) as agent:
+...     agent.run("What is the 20th Fibonacci number?")
+
+Like the other remote executors it inherits ``send_variables`` (values travel as JSON, or as
+pickles with ``allow_pickle=True``), ``send_tools`` (tool classes are re-created from their
+source in the kernel) and the detection of ``final_answer``, which is patched to raise an
+exception carrying the answer.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import io
+from typing import Any
+
+from smolagents.local_python_executor import CodeOutput
+from smolagents.monitoring import AgentLogger, LogLevel
+from smolagents.remote_executors import RemotePythonExecutor
+from smolagents.utils import AgentError
+
+from .._result import ExecutionResult
+from .._session import Session
+
+try:  # the time limit smolagents' local executor uses, where this version has one
+    from smolagents.local_python_executor import MAX_EXECUTION_TIME_SECONDS as _DEFAULT_TIMEOUT
+except ImportError:  # pragma: no cover - older smolagents
+    _DEFAULT_TIMEOUT = 30
+
+_IMAGE_TYPES = ("image/png", "image/jpeg")
+
+
+class KernelExecutor(RemotePythonExecutor):
+    """Runs a ``CodeAgent``'s code in a persistent local kernel (a ``kernelexec.Session``).
+
+    ``additional_imports``, ``logger`` and ``allow_pickle`` mean what they mean for smolagents'
+    remote executors (``CodeAgent`` passes its ``additional_authorized_imports`` and logger when
+    it builds one; built by hand, a silent logger is used: the agent reports errors itself). Packages the agent may import that are
+    missing from the kernel's environment are reported, and installed with ``%pip`` only when
+    ``install_missing=True``. ``session`` reuses a running session, which ``cleanup()`` then
+    leaves running; otherwise the executor starts its own with ``timeout`` (seconds per code
+    action) and any other ``kernelexec.Session`` option.
+    """
+
+    def __init__(
+        self,
+        additional_imports: list[str] | None = None,
+        logger: AgentLogger | None = None,
+        allow_pickle: bool = False,
+        *,
+        session: Session | None = None,
+        install_missing: bool = False,
+        timeout: float = _DEFAULT_TIMEOUT,
+        **session_options: Any,
+    ) -> None:
+        super().__init__(
+            list(additional_imports or []), logger or AgentLogger(LogLevel.OFF), allow_pickle
+        )
+        self.install_missing = install_missing
+        self._owns_session = session is None
+        self.session = session if session is not None else Session(timeout=timeout, **session_options)
+        try:
+            self.session.start()
+            self.installed_packages = self.install_packages(self.additional_imports)
+        except BaseException:
+            self.cleanup()
+            raise
+        self.logger.log(f"Kernel {self.session.kernel_id} is running", level=LogLevel.INFO)
+
+    def run_code_raise_errors(self, code: str) -> CodeOutput:
+        """Run ``code`` in the kernel; a ``final_answer(...)`` call ends it with the answer.
+
+        Raises ``AgentError`` (which the agent shows the model) when the code raised, ran past
+        the time limit or killed its kernel; the message has the output, the traceback and
+        what became of the kernel's state.
+        """
+        result = self.session.execute(code)
+        logs = "".join(
+            output.text for output in result.outputs if output.output_type == "stream"
+        )
+        error = result.error
+        if error is not None and error.ename == self.FINAL_ANSWER_EXCEPTION:
+            answer = self._deserialize_final_answer(error.evalue, self.allow_pickle)
+            return CodeOutput(output=answer, logs=logs, is_final_answer=True)
+        if not result.ok:
+            raise AgentError(f"Executing code yielded an error:\n{result.summary()}", self.logger)
+        return CodeOutput(output=_output_value(result), logs=logs, is_final_answer=False)
+
+    def install_packages(self, additional_imports: list[str]) -> list[str]:
+        """Find which of these packages the kernel cannot import; ``%pip install`` them only when
+        the executor was created with ``install_missing=True``, else log them."""
+        names = sorted(
+            {name.split(".")[0] for name in additional_imports if name and "*" not in name}
+        )
+        if not names:
+            return list(additional_imports)
+        probe = self.session.execute(
+            f"[name for name in {names!r} if __import__('importlib.util').util.find_spec(name) is None]"
+        )
+        missing = ast.literal_eval(probe.result) if probe.ok and probe.result else []
+        if missing and self.install_missing:
+            done = self.session.execute(f"%pip install {' '.join(missing)}", timeout=600)
+            self.logger.log(done.text)
+        elif missing:
+            self.logger.log(
+                f"Not installed in the kernel's environment: {', '.join(missing)} (create the "
+                "executor with install_missing=True to install them with %pip)",
+                level=LogLevel.INFO,
+            )
+        return list(additional_imports)
+
+    def cleanup(self) -> None:
+        """Shut down the kernel, unless the session was passed in by the caller."""
+        if self._owns_session:
+            self.session.shutdown()
+
+    def delete(self) -> None:
+        """Same as ``cleanup()``, the name smolagents' other executors also answer to."""
+        self.cleanup()
+
+
+def _output_value(result: ExecutionResult) -> Any:
+    """The value of the code's last expression, as the other remote executors give it: an image
+    for image results (when Pillow is there), else the ``text/plain`` form."""
+    for output in reversed(result.outputs):
+        if output.output_type != "execute_result":
+            continue
+        for mime in _IMAGE_TYPES:
+            if mime in output.data:
+                try:
+                    import PIL.Image
+                except ImportError:
+                    break
+                return PIL.Image.open(io.BytesIO(base64.b64decode(output.data[mime])))
+        return output.data.get("text/plain")
+    return None
+
+
+__all__ = ["KernelExecutor"]
