@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kernelexec")
 
 PROTOCOL_VERSION = "5.3"
+# A call that hears nothing for this long asks the gateway whether the kernel still exists.
+LIVENESS_CHECK_SECONDS = 2.0
 # A kernel deletion that takes longer is left to the gateway (it kills the kernel on its own).
 DELETE_TIMEOUT = 10.0
 # Interrupting is a REST call; it must not eat the interrupt grace when the gateway is gone.
@@ -47,11 +49,11 @@ class GatewayKernel:
 
     needs_nproc_limit = False
 
-    def __init__(self, config: GatewayConfig, kernel_id: str) -> None:
-        self.config = config
+    def __init__(self, rest: GatewayREST, kernel_id: str) -> None:
+        self.config = rest.config
         self.kernel_id = kernel_id
         self.info: dict[str, Any] = {}
-        self._rest = GatewayREST(config)
+        self._rest = rest
         self._session_id = uuid.uuid4().hex
         self._username = _username()
         self._socket: KernelWebSocket | None = None
@@ -69,7 +71,24 @@ class GatewayKernel:
 
     @classmethod
     async def start(cls, options: SessionOptions) -> GatewayKernel:
-        """Create a kernel on the gateway and return it once it answers on every channel."""
+        """Create a kernel on the gateway and return it once it answers on every channel.
+
+        Cancelling waits for the start to end and deletes the kernel: tornado cannot abort a
+        request in flight, and a kernel created by a forgotten request would stay on the gateway.
+        """
+        starting = asyncio.ensure_future(cls._start(options))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            try:
+                kernel = await starting
+            except Exception:
+                raise asyncio.CancelledError() from None
+            await kernel.shutdown(graceful=False)
+            raise
+
+    @classmethod
+    async def _start(cls, options: SessionOptions) -> GatewayKernel:
         config = options.gateway_config()
         assert config is not None
         rest = GatewayREST(config)
@@ -78,9 +97,12 @@ class GatewayKernel:
         deadline = time.monotonic() + options.startup_timeout
         try:
             kernel_id = await rest.create_kernel(options.kernel_name, env, options.startup_timeout)
-        except GatewayError as error:
-            raise KernelStartError(f"could not create {what}: {error}. {_advice(error)}") from None
-        kernel = cls(config, kernel_id)
+        except BaseException as error:
+            rest.close()
+            if isinstance(error, GatewayError):
+                raise KernelStartError(f"could not create {what}: {error}. {_advice(error)}") from None
+            raise
+        kernel = cls(rest, kernel_id)
         try:
             kernel._socket = await KernelWebSocket.connect(
                 config, kernel_id, kernel._session_id, max(deadline - time.monotonic(), 0.1)
@@ -121,15 +143,18 @@ class GatewayKernel:
             if self._death is not None:
                 raise KernelDied(self._death)
             assert self._socket is not None
-            wait = None if deadline is None else max(deadline - time.monotonic(), 0)
+            left = None if deadline is None else max(deadline - time.monotonic(), 0)
+            wait = LIVENESS_CHECK_SECONDS if left is None else min(left, LIVENESS_CHECK_SECONDS)
             try:
                 item = await self._socket.receive(wait)
             except ConnectionLost as lost:
                 await self._on_connection_lost(str(lost))
                 continue
-            if item is None:
+            if item is not None:
+                return self._translate(*item)
+            if deadline is not None and time.monotonic() >= deadline:
                 return None
-            return self._translate(*item)
+            await self._check_still_there()
 
     async def interrupt(self) -> None:
         if not self.is_alive:
@@ -147,7 +172,7 @@ class GatewayKernel:
             return
         self._closed = True
         if self._socket is not None:
-            self._socket.close()
+            await self._socket.close()
         try:
             await asyncio.wait_for(self._delete(), DELETE_TIMEOUT)
         except (GatewayError, asyncio.TimeoutError) as error:
@@ -155,6 +180,8 @@ class GatewayKernel:
                 "could not delete kernel %s on %s (%s); the gateway's culling will remove it",
                 self.kernel_id, self.config.url, error or "timed out",
             )  # fmt: skip
+        finally:
+            self._rest.close()
 
     async def _delete(self) -> None:
         delay = 0.05
@@ -186,6 +213,18 @@ class GatewayKernel:
             msg = {**msg, "header": header, "msg_type": OUTPUT_DROPPED}
         return channel, msg
 
+    async def _check_still_there(self) -> None:
+        """After a silence, ask whether the gateway still has the kernel: one deleted or culled
+        on the gateway may leave the websocket open but silent."""
+        try:
+            state = await asyncio.wait_for(self._rest.kernel_state(self.kernel_id), LIVENESS_CHECK_SECONDS)
+        except (GatewayError, asyncio.TimeoutError):
+            return  # unreachable: the websocket's own close or ping timeout will tell
+        if state is None:
+            self._death = _gone(self.config.url)
+        elif state.get("execution_state") == "dead":
+            self._death = KernelDeath(detail=f"the gateway at {self.config.url} reports the kernel dead")
+
     async def _on_connection_lost(self, reason: str) -> None:
         """Reopen the websocket if the gateway still has the kernel; otherwise record why not."""
         try:
@@ -194,10 +233,7 @@ class GatewayKernel:
             self._death = KernelDeath(detail=f"lost the connection to the gateway: {error}")
             return
         if state is None:
-            self._death = KernelDeath(
-                detail=f"the gateway at {self.config.url} no longer has the kernel (culled for "
-                "idleness, or deleted)"
-            )
+            self._death = _gone(self.config.url)
             return
         if state.get("execution_state") == "dead":
             self._death = KernelDeath(detail=f"the gateway at {self.config.url} reports the kernel dead")
@@ -209,6 +245,12 @@ class GatewayKernel:
             )
         except GatewayError as error:
             self._death = KernelDeath(detail=f"{reason}, and reconnecting failed: {error}")
+
+
+def _gone(url: str) -> KernelDeath:
+    return KernelDeath(
+        detail=f"the gateway at {url} no longer has the kernel (culled for idleness, or deleted)"
+    )
 
 
 def _advice(error: GatewayError) -> str:

@@ -19,6 +19,7 @@ import asyncio
 import json
 import socket
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from urllib.parse import quote, urlsplit
 from jupyter_client.jsonutil import json_default
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.iostream import StreamClosedError
+from tornado.netutil import DefaultLoopResolver, is_valid_ip
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 Message = dict[str, Any]
@@ -39,6 +41,8 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # A silent network path (a host gone without closing the connection) shows within this much.
 PING_INTERVAL = 15.0
 PING_TIMEOUT = 15.0
+# How long closing a websocket waits for the gateway's side of the close handshake.
+CLOSE_TIMEOUT = 1.0
 
 
 class GatewayError(Exception):
@@ -86,11 +90,28 @@ class GatewayConfig:
         )
 
 
+class _Resolver(DefaultLoopResolver):
+    """Resolves IP addresses in place; only host names go to the loop's resolver threads."""
+
+    async def resolve(self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC) -> list[tuple[int, Any]]:
+        if is_valid_ip(host):
+            infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+            return [(info[0], info[4]) for info in infos]
+        return await super().resolve(host, port, family)
+
+
+RESOLVER = _Resolver()
+
+
 class GatewayREST:
-    """The gateway's kernel endpoints; errors come back as ``GatewayError``."""
+    """The gateway's kernel endpoints; errors come back as ``GatewayError``. Call ``close()``."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
+        self._client = AsyncHTTPClient(force_instance=True, resolver=RESOLVER)
+
+    def close(self) -> None:
+        self._client.close()
 
     async def create_kernel(self, name: str, env: Mapping[str, str], timeout: float) -> str:
         body: dict[str, Any] = {"name": name}
@@ -124,7 +145,7 @@ class GatewayREST:
     ) -> HTTPResponse:
         request = self.config.request(path, method, body, timeout)
         try:
-            return await AsyncHTTPClient().fetch(request)
+            return await self._client.fetch(request)
         except HTTPClientError as error:
             raise GatewayError(_describe_http_error(request.method, request.url, error), error.code) from None
         except (OSError, StreamClosedError) as error:
@@ -164,6 +185,7 @@ class KernelWebSocket:
             connection = await websocket_connect(
                 request,
                 max_message_size=MAX_MESSAGE_BYTES,
+                resolver=RESOLVER,
                 ping_interval=PING_INTERVAL,
                 ping_timeout=PING_TIMEOUT,
             )
@@ -207,8 +229,23 @@ class KernelWebSocket:
         msg = _decode(data)
         return msg.pop("channel", "iopub"), msg
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close the websocket and its TCP connection: politely if the gateway answers within
+        ``CLOSE_TIMEOUT``, at once otherwise (never left for the garbage collector)."""
+        protocol = self._connection.protocol
+        if protocol is None:
+            return
+        stream = protocol.stream
         self._connection.close()
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        try:
+            while not stream.closed() and time.monotonic() < deadline:
+                if await asyncio.wait_for(self._connection.read_message(), deadline - time.monotonic()) is None:
+                    break
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            stream.close()
 
     def _ack_now(self) -> None:
         """Acknowledge what arrived at once rather than after Linux's delayed-ACK timer.
