@@ -239,6 +239,8 @@ class GatewayKernel:
             self._death = KernelDeath(detail=f"the gateway at {self.config.url} reports the kernel dead")
             return
         log.warning("%s; reconnecting to kernel %s", reason, self.kernel_id)
+        if self._socket is not None:
+            await self._socket.close()
         try:
             self._socket = await KernelWebSocket.connect(
                 self.config, self.kernel_id, self._session_id, DELETE_TIMEOUT

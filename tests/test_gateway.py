@@ -372,3 +372,18 @@ def test_collector_reports_output_dropped_by_the_gateway_as_truncation():
     assert collector.truncated_bytes >= 1
     texts = [output.text for output in collector.outputs()]
     assert texts[0] == "before\n" and "IOPub data rate exceeded;" in texts[1]
+
+
+def test_a_dropped_websocket_is_reopened_and_the_call_completes(gateway):
+    with kx.Session(**gateway_options(gateway, timeout=30)) as s:
+        s.execute("kept = 7")
+        kernel = s._state.kernel
+        first_socket = kernel._socket
+        # Cut the TCP connection under the websocket, as a network failure would, mid-call.
+        stream = first_socket._connection.protocol.stream
+        cut = threading.Timer(1.0, lambda: s._loop_thread.loop.call_soon_threadsafe(stream.close))
+        cut.start()
+        r = s.execute("import time\nprint('a', flush=True)\ntime.sleep(2)\nprint('b', flush=True)\nkept")
+        cut.join()
+        assert kernel._socket is not first_socket  # reconnected, same kernel
+        assert r.ok and r.stdout == "a\nb\n" and r.result == "7" and not r.restarted
