@@ -89,8 +89,11 @@ class GatewayKernel:
 
     @classmethod
     async def _start(cls, options: SessionOptions) -> GatewayKernel:
-        config = options.gateway_config()
-        assert config is not None
+        assert options.gateway_url is not None
+        config = GatewayConfig(
+            options.gateway_url, options.gateway_token, dict(options.gateway_headers or {}),
+            options.gateway_validate_cert,
+        )  # fmt: skip
         rest = GatewayREST(config)
         what = f"the {options.kernel_name!r} kernel on the gateway at {config.url}"
         env = {name: value for name, value in (options.env or {}).items() if value is not None}

@@ -7,15 +7,12 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from ._collector import OutputCallback
 from ._env import InheritEnv, kernel_environment
 from ._errors import InvalidArgument
-
-if TYPE_CHECKING:
-    from ._gateway_wire import GatewayConfig
 
 InputHandler = Callable[[str, bool], str]
 
@@ -95,18 +92,8 @@ class SessionOptions:
         env = tuple(sorted((self.env or {}).items()))
         return (
             self.kernel_name, self.cwd, env, self.inherit_env, self.startup_code,
-            self.memory_limit, self.max_processes, self.gateway_config(),
-        )  # fmt: skip
-
-    def gateway_config(self) -> GatewayConfig | None:
-        """Where the kernel runs when it is not local: the gateway's URL and credentials."""
-        if self.gateway_url is None:
-            return None
-        from ._gateway_wire import GatewayConfig  # the gateway path is imported only when used
-
-        return GatewayConfig(
-            self.gateway_url, self.gateway_token, dict(self.gateway_headers or {}),
-            self.gateway_validate_cert,
+            self.memory_limit, self.max_processes, self.gateway_url, self.gateway_token,
+            tuple(sorted((self.gateway_headers or {}).items())), self.gateway_validate_cert,
         )  # fmt: skip
 
 
