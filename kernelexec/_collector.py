@@ -24,10 +24,20 @@ log = logging.getLogger("kernelexec")
 
 OutputCallback = Callable[[NotebookNode], Any]
 OUTPUT_TYPES = frozenset({"stream", "display_data", "execute_result", "error"})
+# A gateway backend's stand-in for the gateway's "IOPub data rate exceeded" notice.
+OUTPUT_DROPPED = "kernelexec_output_dropped"
 
 
 def truncation_marker(dropped: int) -> str:
     return f"\n[... {dropped:,} bytes truncated ...]\n"
+
+
+def dropped_marker(notice: str) -> str:
+    reason = notice.strip().splitlines()[0].rstrip(".") if notice.strip() else "rate limit"
+    return (
+        f"\n[... output dropped by the gateway: {reason}; start the gateway with "
+        "--ZMQChannelsWebsocketConnection.limit_rate=False to keep it ...]\n"
+    )
 
 
 def _size(text: str) -> int:
@@ -122,6 +132,11 @@ class OutputCollector:
             self._clear(wait=msg["content"].get("wait", False))
         elif msg_type == "update_display_data":
             self._update_display(msg["content"])
+        elif msg_type == OUTPUT_DROPPED:
+            # The gateway does not say how much it dropped: count it as at least one byte.
+            marker = dropped_marker(msg["content"].get("text", ""))
+            self._add(NotebookNode(output_type="stream", name="stderr", text=marker), None)
+            self.truncated_bytes += 1
 
     def outputs(self) -> list[NotebookNode]:
         """The outputs so far, with a truncation marker where the middle was dropped."""

@@ -422,6 +422,10 @@ class OwnerDeathWatchdog:
 
 async def start_kernel(options: SessionOptions) -> KernelBackend:
     """Start the kernel a session's options ask for, ready to take requests."""
+    if options.gateway_url is not None:
+        from ._gateway import GatewayKernel  # imported only when a gateway is used
+
+        return await GatewayKernel.start(options)
     return await LocalKernel.start(
         options.kernel_name,
         cwd=options.cwd,

@@ -78,6 +78,7 @@ class LoopThread:
             self.loop.run_forever()
         finally:
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())  # join its threads
             self.loop.close()
 
     def _stop(self) -> None:

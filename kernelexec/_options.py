@@ -6,8 +6,9 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._collector import OutputCallback
 from ._env import InheritEnv, kernel_environment
@@ -34,6 +35,10 @@ class SessionOptions:
     on_output: OutputCallback | None = None
     spill_dir: str | None = None
     input_handler: InputHandler | None = None
+    gateway_url: str | None = None
+    gateway_token: str | None = field(default=None, repr=False)
+    gateway_headers: Mapping[str, str] | None = field(default=None, repr=False)
+    gateway_validate_cert: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.kernel_name, str) or not self.kernel_name:
@@ -73,6 +78,7 @@ class SessionOptions:
             if value is not None and not callable(value):
                 raise InvalidArgument(f"{name} must be callable or None, not {value!r}")
         self.kernel_env()  # validates inherit_env and env now, not at the first start
+        _check_gateway(self)
 
     def kernel_env(self) -> dict[str, str]:
         """The environment the kernel starts with (see ``kernel_environment``)."""
@@ -86,7 +92,8 @@ class SessionOptions:
         env = tuple(sorted((self.env or {}).items()))
         return (
             self.kernel_name, self.cwd, env, self.inherit_env, self.startup_code,
-            self.memory_limit, self.max_processes,
+            self.memory_limit, self.max_processes, self.gateway_url, self.gateway_token,
+            tuple(sorted((self.gateway_headers or {}).items())), self.gateway_validate_cert,
         )  # fmt: skip
 
 
@@ -118,3 +125,33 @@ def _check_seconds(name: str, value: object) -> None:
         or value <= 0
     ):
         raise InvalidArgument(f"{name} must be a positive number of seconds, not {value!r}")
+
+
+def _check_gateway(options: SessionOptions) -> None:
+    """Gateway options: a usable URL, string credentials, and no option only a local kernel has."""
+    url = options.gateway_url
+    if url is None:
+        if options.gateway_token is not None or options.gateway_headers:
+            raise InvalidArgument("gateway_token and gateway_headers need a gateway_url")
+        return
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument(
+            f"gateway_url must be an http:// or https:// URL such as 'http://host:8888', not {url!r}"
+        )
+    if options.gateway_token is not None and not isinstance(options.gateway_token, str):
+        raise InvalidArgument("gateway_token must be a string or None")
+    headers = options.gateway_headers or {}
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in headers.items()
+    ):
+        raise InvalidArgument("gateway_headers must be a mapping of header names to string values")
+    if not isinstance(options.gateway_validate_cert, bool):
+        raise InvalidArgument("gateway_validate_cert must be True or False")
+    for name in ("cwd", "max_processes"):
+        if getattr(options, name) is not None:
+            raise InvalidArgument(
+                f"{name} applies to local kernels only; a gateway kernel's working directory and "
+                "process limits are the gateway's configuration (or use startup_code, e.g. "
+                "os.chdir)"
+            )

@@ -123,6 +123,10 @@ class _SessionBase:
         on_output: OutputCallback | None = None,
         spill_dir: str | os.PathLike[str] | None = None,
         input_handler: InputHandler | None = None,
+        gateway_url: str | None = None,
+        gateway_token: str | None = None,
+        gateway_headers: Mapping[str, str] | None = None,
+        gateway_validate_cert: bool = True,
     ) -> None:
         self._setup(
             SessionOptions(
@@ -132,6 +136,8 @@ class _SessionBase:
                 memory_limit=memory_limit, max_processes=max_processes, on_output=on_output,
                 spill_dir=spill_dir,
                 input_handler=input_handler,
+                gateway_url=gateway_url, gateway_token=gateway_token,
+                gateway_headers=gateway_headers, gateway_validate_cert=gateway_validate_cert,
             )  # fmt: skip
         )
 
@@ -288,15 +294,20 @@ class AsyncSession(_SessionBase):
         (flushing its files) first.
         """
         old, self._state.kernel = self._state.kernel, None
-        if old is not None:
-            await old.shutdown(graceful=graceful)
         if self._state.closed:
+            if old is not None:
+                await old.shutdown(graceful=graceful)
             return False
+        # The old kernel goes while the new one starts: a gateway takes seconds to delete a hung one.
+        stopping = asyncio.create_task(old.shutdown(graceful=graceful)) if old is not None else None
         try:
             self._state.kernel = await self._kernel_source()
         except KernelStartError:
             log.exception("could not restart the kernel; the next call will try again")
             return False
+        finally:
+            if stopping is not None:
+                await asyncio.shield(stopping)
         self._state.execution_count = 0
         return True
 
