@@ -30,7 +30,7 @@ def inject_parameters(nb: NotebookNode, parameters: Mapping[str, Any]) -> None:
         del cell["id"]  # cell ids exist from nbformat 4.5 on; older notebooks must not have them
     cells.insert(at, cell)
     nb.cells = cells
-    nb.metadata.setdefault("papermill", {})["parameters"] = dict(parameters)
+    nb.metadata.setdefault("papermill", NotebookNode())["parameters"] = nbformat.from_dict(dict(parameters))
 
 
 def python_assignments(parameters: Mapping[str, Any]) -> str:
