@@ -51,15 +51,15 @@ def session_notebook(
 ) -> NotebookNode:
     """One code cell per call: source, outputs, execution count, timing and status metadata."""
     nb = nbformat.v4.new_notebook(metadata=notebook_metadata(kernel_name, kernel_info))
-    for code, result in history:
-        nb.cells.append(
-            nbformat.v4.new_code_cell(
-                source=code,
-                execution_count=result.execution_count,
-                outputs=copy.deepcopy(cell_outputs(result)),
-                metadata={"execution": dict(result.timing), "kernelexec": status_metadata(result)},
-            )
+    for number, (code, result) in enumerate(history, start=1):
+        cell = nbformat.v4.new_code_cell(
+            source=code,
+            execution_count=result.execution_count,
+            outputs=copy.deepcopy(cell_outputs(result)),
+            metadata={"execution": dict(result.timing), "kernelexec": status_metadata(result)},
         )
+        cell.id = f"call-{number}"  # stable: recording the same history twice gives the same notebook
+        nb.cells.append(cell)
     return nb
 
 
