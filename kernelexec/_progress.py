@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Protocol, TextIO
 
@@ -116,5 +117,12 @@ def make_progress(progress: bool | Progress, stream: TextIO | None = None) -> Pr
     if progress is not True:
         return progress
     stream = stream if stream is not None else sys.stderr
-    isatty = getattr(stream, "isatty", None)
-    return BarProgress(stream) if isatty is not None and isatty() else LineProgress(stream)
+    return BarProgress(stream) if _is_sized_terminal(stream) else LineProgress(stream)
+
+
+def _is_sized_terminal(stream: TextIO) -> bool:
+    """A terminal tqdm can draw on (a pseudo-terminal without a size shows no bar at all)."""
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False
