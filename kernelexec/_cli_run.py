@@ -57,6 +57,10 @@ def run_command(args: argparse.Namespace) -> int:
         if args.output:
             sys.stderr.write(f"The notebook, with outputs up to this cell, is in {args.output}\n")
         return EXIT_STATUS.get(error.result.status, 1)
+    except KeyboardInterrupt:
+        saved = f"; the notebook so far is in {args.output}" if args.output else ""
+        sys.stderr.write(f"\nkernelexec: interrupted{saved}\n")
+        return EXIT_STATUS["interrupted"]
     ran = sum(1 for cell in nb.cells if cell.cell_type == "code" and cell.get("execution_count"))
     where = f"; written to {args.output}" if args.output else " (not saved: pass -o OUT to keep it)"
     print(f"{args.notebook}: {ran} cells ran in {time.monotonic() - started:.1f} s{where}")
