@@ -17,6 +17,8 @@ from ._errors import (
     TooManySessions,
 )
 from ._manager import AsyncSessionManager, SessionInfo, SessionManager
+from ._notebook import async_run_notebook, run_notebook
+from ._progress import Progress
 from ._result import ErrorInfo, ExecutionResult
 from ._session import AsyncSession, Session, SessionStats
 from ._traceback import Frame
@@ -34,6 +36,7 @@ __all__ = [
     "InvalidArgument",
     "KernelStartError",
     "KernelexecError",
+    "Progress",
     "Session",
     "SessionClosed",
     "SessionInfo",
@@ -41,4 +44,6 @@ __all__ = [
     "SessionStats",
     "TooManySessions",
     "__version__",
+    "async_run_notebook",
+    "run_notebook",
 ]

@@ -13,11 +13,13 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from nbformat import NotebookNode
 from nbformat.v4 import output_from_msg
 
+from ._displays import DisplayRegistry
 from ._traceback import plain_traceback
 
 log = logging.getLogger("kernelexec")
@@ -26,6 +28,14 @@ OutputCallback = Callable[[NotebookNode], Any]
 OUTPUT_TYPES = frozenset({"stream", "display_data", "execute_result", "error"})
 # A gateway backend's stand-in for the gateway's "IOPub data rate exceeded" notice.
 OUTPUT_DROPPED = "kernelexec_output_dropped"
+
+# The moments nbclient records in a cell's ``metadata.execution`` (its ``record_timing``).
+TIMING_KEYS = {
+    ("status", "busy"): "iopub.status.busy",
+    ("execute_input", None): "iopub.execute_input",
+    ("execute_reply", None): "shell.execute_reply",
+    ("status", "idle"): "iopub.status.idle",
+}
 
 
 def truncation_marker(dropped: int) -> str:
@@ -91,10 +101,12 @@ class OutputCollector:
         max_output_bytes: int,
         on_output: OutputCallback | None = None,
         open_spill: Callable[[], TextIO] | None = None,
+        displays: DisplayRegistry | None = None,
     ) -> None:
         self.msg_id = msg_id
         self.reply: dict[str, Any] | None = None
         self.idle = False
+        self.timing: dict[str, str] = {}
         self.truncated_bytes = 0
         self._head_limit = max_output_bytes // 2
         self._tail_limit = max_output_bytes - self._head_limit
@@ -106,6 +118,7 @@ class OutputCollector:
         self._on_output = on_output
         self._open_spill = open_spill
         self._spill: TextIO | None = None
+        self._displays = displays if displays is not None else DisplayRegistry()
 
     @property
     def complete(self) -> bool:
@@ -120,6 +133,7 @@ class OutputCollector:
         if msg.get("parent_header", {}).get("msg_id") != self.msg_id:
             return
         msg_type = msg["header"]["msg_type"]
+        self._record_time(msg_type, msg)
         if channel == "shell":
             if msg_type == "execute_reply":
                 self.reply = msg["content"]
@@ -147,6 +161,12 @@ class OutputCollector:
         nodes.extend(entry.finished() for entry in self._tail)
         return nodes
 
+    def _record_time(self, msg_type: str, msg: dict[str, Any]) -> None:
+        state = msg["content"].get("execution_state") if msg_type == "status" else None
+        key = TIMING_KEYS.get((msg_type, state))
+        if key is not None:
+            self.timing[key] = _timestamp(msg["header"].get("date"))
+
     # Front-end semantics
 
     def _add(self, node: NotebookNode, display_id: str | None) -> None:
@@ -157,6 +177,8 @@ class OutputCollector:
             self._add_stream(node.name, node.text)
             return
         size = _bundle_size(node.get("data", {})) if "data" in node else _size(_text_of(node))
+        if display_id is not None:
+            self._displays.show(display_id, node)
         self._place(_Entry(node, size, display_id=display_id))
 
     def _add_stream(self, name: str, text: str) -> None:
@@ -227,6 +249,7 @@ class OutputCollector:
                 break
             self._tail_size -= entry.size
             self.truncated_bytes += entry.size
+            self._forget(entry)
         self._tail.extendleft(reversed(kept))
 
     def _clear(self, *, wait: bool) -> None:
@@ -235,6 +258,8 @@ class OutputCollector:
             return
         self._clear_pending = False
         self._notify(NotebookNode(output_type="clear_output"))
+        for entry in self._entries():
+            self._forget(entry)
         self._head, self._tail = [], deque()
         self._head_size = self._tail_size = self.truncated_bytes = 0
 
@@ -242,15 +267,16 @@ class OutputCollector:
         display_id = content.get("transient", {}).get("display_id")
         if display_id is None:
             return
-        for entry in self._entries():
-            if entry.display_id == display_id:
-                entry.node.data = content.get("data", {})
-                entry.node.metadata = content.get("metadata", {})
+        self._displays.update(display_id, content.get("data", {}), content.get("metadata", {}))
         self._notify(NotebookNode(output_type="update_display_data", **content))
 
     def _entries(self) -> Iterable[_Entry]:
         yield from self._head
         yield from self._tail
+
+    def _forget(self, entry: _Entry) -> None:
+        if entry.display_id is not None:
+            self._displays.forget(entry.display_id, entry.node)
 
     # Side channels: the caller's callback and the spill file
 
@@ -273,6 +299,15 @@ class OutputCollector:
     def _write_spill(self, text: str) -> None:
         if self._spill is not None:
             self._spill.write(text)
+
+
+def _timestamp(date: Any) -> str:
+    """A message's header date as nbclient writes it (ISO 8601, UTC, microseconds, ``Z``)."""
+    if isinstance(date, datetime):
+        if date.tzinfo is not None:
+            date = date.astimezone(timezone.utc).replace(tzinfo=None)
+        return date.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(date) if date else datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _cut_to_size(text: str, max_bytes: int) -> str:

@@ -182,7 +182,7 @@ class LocalKernel:
         try:
             await manager.start_kernel(
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=kernel._stderr_file,
+                stderr=kernel._stderr_file, extra_arguments=_extra_arguments(manager),
             )  # fmt: skip
             kernel._contain(max_processes)
             cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
@@ -496,6 +496,12 @@ def _new_manager(kernel_name: str) -> AsyncKernelManager:
             "those as kernel_name, or install one, e.g. `python -m ipykernel install --user`."
         ) from None
     return manager
+
+
+def _extra_arguments(manager: AsyncKernelManager) -> list[str]:
+    """IPython kernels keep their history in memory, as nbclient runs them: no sqlite file
+    shared (and locked) by every kernel on the machine."""
+    return ["--HistoryManager.hist_file=:memory:"] if manager.ipykernel else []
 
 
 def _kernel_files(manager: AsyncKernelManager) -> list[str]:

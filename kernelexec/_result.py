@@ -65,6 +65,9 @@ class ExecutionResult:
     truncated_bytes: int = 0
     output_path: str | None = None
     code: str = ""
+    # When the kernel stamped the call's busy, execute_input, reply and idle messages (ISO 8601,
+    # UTC), under the keys nbclient's record_timing writes to a cell's ``metadata.execution``.
+    timing: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def ok(self) -> bool:

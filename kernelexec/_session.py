@@ -20,14 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 import humanize
+from nbformat import NotebookNode
 
 from ._collector import OutputCallback, OutputCollector
+from ._displays import DisplayRegistry
 from ._env import InheritEnv
 from ._errors import KernelStartError, SessionClosed
 from ._kernel import KernelBackend, KernelDeath
 from ._launch import DEADLINE, Deadline, KernelSource, execute_content, launch_kernel, pump
 from ._loop import LoopThread
 from ._options import InputHandler, SessionOptions, check_timeout
+from ._record import session_notebook, write_notebook
 from ._result import ErrorInfo, ExecutionResult, Status
 from ._traceback import error_payload, frames_from_payload
 
@@ -70,6 +73,9 @@ class _SessionState:
     created: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     counts: Counter[str] = field(default_factory=Counter)
+    kernel_info: dict[str, Any] = field(default_factory=dict)  # the last kernel's kernel_info_reply
+    # Shared by all calls when set, as a notebook front end shares it across cells (run_notebook).
+    displays: DisplayRegistry | None = None
 
     def record(self, result: ExecutionResult) -> None:
         self.last_used = time.time()
@@ -153,6 +159,16 @@ class _SessionBase:
     def history(self) -> list[tuple[str, ExecutionResult]]:
         """Every ``(code, result)`` executed so far, oldest first."""
         return list(self._state.history)
+
+    @property
+    def notebook(self) -> NotebookNode:
+        """The history as an nbformat v4 notebook: one code cell per call, with its outputs,
+        execution count, timing (``metadata.execution``) and status (``metadata.kernelexec``)."""
+        return session_notebook(self.history, self._options.kernel_name, self._state.kernel_info)
+
+    def save_notebook(self, path: str | os.PathLike[str]) -> None:
+        """Write ``notebook`` to ``path`` (a plain call on both faces: it only writes a file)."""
+        write_notebook(self.notebook, path)
 
     @property
     def execution_count(self) -> int:
@@ -285,6 +301,7 @@ class AsyncSession(_SessionBase):
             finally:
                 state.starting = False
             state.execution_count = 0
+            state.kernel_info = state.kernel.info
         return state.kernel
 
     async def _replace_kernel(self, *, graceful: bool = False) -> bool:
@@ -325,6 +342,7 @@ class AsyncSession(_SessionBase):
             max_output_bytes=self._options.max_output_bytes,
             on_output=on_output,
             open_spill=self._spill_opener(),
+            displays=self._state.displays,
         )
         call = self._state.call = _Call(collector)
         try:
@@ -382,6 +400,7 @@ class AsyncSession(_SessionBase):
             truncated_bytes=collector.truncated_bytes,
             output_path=_close_spill(collector),
             code=code,
+            timing=collector.timing,
         )
 
 

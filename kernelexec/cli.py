@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._cli_run import add_run_command
 from ._errors import KernelexecError
 from ._result import ExecutionResult
 from ._session import Session
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run_code.add_argument("--cwd", metavar="DIR", help="the kernel's working directory")
     run_code.add_argument("--kernel", default="python3", metavar="NAME", help="kernel spec name (default python3)")
     run_code.set_defaults(handler=_exec)
+    add_run_command(commands)
     _add_mcp_command(commands)
     return parser
 

@@ -1,0 +1,78 @@
+"""Papermill-style parameters: a cell of assignments injected after the cell tagged ``parameters``.
+
+As papermill does it: the new cell is tagged ``injected-parameters`` and replaces one left by an
+earlier run; without a ``parameters`` cell it goes first. The notebook's metadata records the
+values under ``papermill.parameters``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+
+from ._errors import InvalidArgument
+
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+
+
+def inject_parameters(nb: NotebookNode, parameters: Mapping[str, Any]) -> None:
+    """Insert (or replace) the injected-parameters cell of ``nb``, in place."""
+    source = python_assignments(parameters)
+    cells = [cell for cell in nb.cells if INJECTED_TAG not in _tags(cell)]
+    at = next((i + 1 for i, cell in enumerate(cells) if PARAMETERS_TAG in _tags(cell)), 0)
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED_TAG]})
+    if nb.get("nbformat_minor", 0) < 5:
+        del cell["id"]  # cell ids exist from nbformat 4.5 on; older notebooks must not have them
+    cells.insert(at, cell)
+    nb.cells = cells
+    nb.metadata.setdefault("papermill", NotebookNode())["parameters"] = nbformat.from_dict(dict(parameters))
+
+
+def python_assignments(parameters: Mapping[str, Any]) -> str:
+    """``# Parameters`` and one ``name = value`` line per parameter, as papermill writes them."""
+    lines = ["# Parameters"]
+    for name, value in parameters.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InvalidArgument(f"parameter name {name!r} is not a Python identifier")
+        lines.append(f"{name} = {_python_literal(name, value)}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_cli_value(text: str) -> Any:
+    """A ``-p NAME VALUE`` value as papermill reads it: int, float, True/False/None, else str."""
+    if text in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[text]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _python_literal(name: str, value: Any) -> str:
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else f"float({str(value)!r})"
+    if isinstance(value, (list, tuple)):
+        items = ", ".join(_python_literal(name, item) for item in value)
+        return f"[{items}]" if isinstance(value, list) else f"({items}{',' if len(value) == 1 else ''})"
+    if isinstance(value, Mapping):
+        items = ", ".join(
+            f"{_python_literal(name, key)}: {_python_literal(name, item)}" for key, item in value.items()
+        )
+        return "{" + items + "}"
+    raise InvalidArgument(
+        f"parameter {name!r} is a {type(value).__name__}; pass None, bool, int, float, str, or "
+        "lists, tuples and dicts of those"
+    )
+
+
+def _tags(cell: NotebookNode) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))

@@ -1,0 +1,87 @@
+"""Results as notebook cells: a session's history recorded as an nbformat v4 notebook.
+
+The same cell-filling serves ``run_notebook``, so a recorded session and an executed notebook
+hold their outputs, execution counts and timing the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import nbformat
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from nbformat import NotebookNode
+
+from ._result import ExecutionResult
+
+
+def cell_outputs(result: ExecutionResult) -> list[NotebookNode]:
+    """The outputs a cell shows for ``result``.
+
+    When the call failed without an error output from the kernel (a kernel that died, or a
+    timeout ended by a restart) an error output saying so is added, so the notebook shows why
+    the cell stopped.
+    """
+    outputs = list(result.outputs)
+    error = result.error
+    if error is not None and not any(output.output_type == "error" for output in outputs):
+        outputs.append(
+            nbformat.v4.new_output(
+                "error", ename=error.ename, evalue=error.evalue, traceback=list(error.traceback)
+            )
+        )
+    return outputs
+
+
+def status_metadata(result: ExecutionResult) -> dict[str, Any]:
+    """What kernelexec records about a call in its cell's ``metadata.kernelexec``."""
+    return {
+        "status": result.status,
+        "exec_time": round(result.exec_time, 6),
+        "restarted": result.restarted,
+        "truncated_bytes": result.truncated_bytes,
+    }
+
+
+def session_notebook(
+    history: Iterable[tuple[str, ExecutionResult]], kernel_name: str, kernel_info: dict[str, Any]
+) -> NotebookNode:
+    """One code cell per call: source, outputs, execution count, timing and status metadata."""
+    nb = nbformat.v4.new_notebook(metadata=notebook_metadata(kernel_name, kernel_info))
+    for number, (code, result) in enumerate(history, start=1):
+        cell = nbformat.v4.new_code_cell(
+            source=code,
+            execution_count=result.execution_count,
+            outputs=copy.deepcopy(cell_outputs(result)),
+            metadata={"execution": dict(result.timing), "kernelexec": status_metadata(result)},
+        )
+        cell.id = f"call-{number}"  # stable: recording the same history twice gives the same notebook
+        nb.cells.append(cell)
+    return nb
+
+
+def notebook_metadata(kernel_name: str, kernel_info: dict[str, Any]) -> dict[str, Any]:
+    """``kernelspec`` and ``language_info`` as Jupyter writes them."""
+    language_info = copy.deepcopy(kernel_info.get("language_info", {}))
+    language = language_info.get("name", "")
+    display_name = kernel_name
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+        display_name, language = spec.display_name, spec.language or language
+    except NoSuchKernel:  # a kernel not installed here (a gateway's): keep what the kernel said
+        pass
+    metadata: dict[str, Any] = {
+        "kernelspec": {"name": kernel_name, "display_name": display_name, "language": language}
+    }
+    if language_info:
+        metadata["language_info"] = language_info
+    return metadata
+
+
+def write_notebook(nb: NotebookNode, path: str | os.PathLike[str]) -> None:
+    """Write ``nb`` to ``path`` as nbformat v4 JSON."""
+    with open(path, "w", encoding="utf-8") as file:
+        nbformat.write(nb, file)
