@@ -24,10 +24,11 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 
 from ._channels import Message, ZmqChannels, open_pidfd
-from ._errors import KernelStartError
 from ._containment import (
     PidsCgroup, descendants, kill_unchanged, process_limit_for_root_unavailable,
 )  # fmt: skip
+from ._errors import KernelStartError
+from ._watchdog import OwnerDeathWatchdog
 
 if TYPE_CHECKING:
     from ._options import SessionOptions
@@ -87,33 +88,11 @@ class KernelBackend(Protocol):
         """Send a message; returns its msg_id."""
 
     async def receive(self, timeout: float | None) -> tuple[str, Message] | None:
-        channels = self._channels
-        if channels is None:
-            raise KernelDied(KernelDeath(detail="the kernel was shut down"))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self._closed:
-                raise KernelDied(KernelDeath(detail="the kernel was shut down"))
-            item = channels.try_receive()
-            if item is not None:
-                return item
-            if channels.any_ready():
-                continue
-            now = time.monotonic()
-            if self._exited_at is None and self._pidfd is None and not self.is_alive:
-                self._exited_at = now
-            if self._exited_at is not None:  # death outranks the deadline: say why it ended
-                drain_left = self._exited_at + DEATH_DRAIN_SECONDS - now
-                if drain_left <= 0:
-                    raise KernelDied(self.death())
-                await channels.wait(drain_left)
-                continue
-            if deadline is not None and now >= deadline:
-                return None
-            wait = None if deadline is None else deadline - now
-            if self._pidfd is None:
-                wait = EXIT_CHECK_SECONDS if wait is None else min(wait, EXIT_CHECK_SECONDS)
-            await channels.wait(wait)
+        """The next ``(channel, message)`` from the kernel, or ``None`` once ``timeout`` passes.
+
+        Raises ``KernelDied`` when the kernel has ended (after the messages it sent before dying
+        have been received): death outranks the deadline, so a caller learns why a call ended.
+        """
 
     async def interrupt(self) -> None:
         """Interrupt the running code, as the kernel spec's interrupt mode says."""
@@ -224,20 +203,18 @@ class LocalKernel:
             now = time.monotonic()
             if self._exited_at is None and self._pidfd is None and not self.is_alive:
                 self._exited_at = now
-            wait = None if deadline is None else deadline - now
-            if self._exited_at is not None:
+            if self._exited_at is not None:  # death outranks the deadline: say why it ended
                 drain_left = self._exited_at + DEATH_DRAIN_SECONDS - now
                 if drain_left <= 0:
                     raise KernelDied(self.death())
-                wait = drain_left if wait is None else min(wait, drain_left)
-            elif self._pidfd is None:
-                wait = EXIT_CHECK_SECONDS if wait is None else min(wait, EXIT_CHECK_SECONDS)
-            if wait is not None and wait <= 0:
+                await channels.wait(drain_left)
+                continue
+            if deadline is not None and now >= deadline:
                 return None
+            wait = None if deadline is None else deadline - now
+            if self._pidfd is None:
+                wait = EXIT_CHECK_SECONDS if wait is None else min(wait, EXIT_CHECK_SECONDS)
             await channels.wait(wait)
-            if deadline is not None and time.monotonic() >= deadline and not channels.any_ready():
-                if self._exited_at is None:
-                    return None
 
     async def interrupt(self) -> None:
         if self.is_alive:
@@ -368,58 +345,6 @@ class LocalKernel:
         self._stderr_file.close()
 
 
-class OwnerDeathWatchdog:
-    """Kills a kernel's process group when this process dies, however it dies.
-
-    ipykernel's own parent poller is a thread in the kernel: it cannot run while the kernel is
-    stuck in a long C call, and it leaves the kernel's child processes behind. The watchdog is a
-    tiny ``sh`` outside the kernel, reading a pipe whose write end only this process holds
-    (close-on-exec, so no other child inherits it). When this process exits, even by SIGKILL, the
-    read returns end-of-file and the watchdog kills the whole group (and everything in the
-    kernel's cgroup, if it has one) and removes the kernel's connection and socket files, which a
-    killed owner cannot.
-    """
-
-    SCRIPT = (
-        'read -r _; kill -9 -"$0" 2>/dev/null; rm -f "$@"; '  # dash's kill takes no --
-        'if [ -n "$KERNELEXEC_CGROUP" ]; then for i in 1 2 3 4 5 6 7 8 9 10; do '
-        'for p in $(cat "$KERNELEXEC_CGROUP/cgroup.procs" 2>/dev/null); do kill -9 "$p"; done; '
-        'rmdir "$KERNELEXEC_CGROUP" 2>/dev/null && break; sleep 0.2; done; fi; exit 0'
-    )
-
-    def __init__(self, process: subprocess.Popen[bytes], write_end: int) -> None:
-        self._process = process
-        self._write_end = write_end
-
-    @classmethod
-    def start(cls, pgid: int | None, files: list[str], cgroup: str | None) -> OwnerDeathWatchdog | None:
-        if not pgid or os.name != "posix" or not os.path.exists("/bin/sh"):
-            return None
-        read_end, write_end = os.pipe()
-        try:
-            process = subprocess.Popen(
-                ["/bin/sh", "-c", cls.SCRIPT, str(pgid), *files],
-                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                env={"PATH": os.defpath, "KERNELEXEC_CGROUP": cgroup or ""},
-                start_new_session=True,  # a Ctrl-C aimed at us must not take the watchdog first
-            )  # fmt: skip
-        except OSError:
-            os.close(write_end)
-            return None
-        finally:
-            os.close(read_end)
-        return cls(process, write_end)
-
-    def stop(self) -> None:
-        """Release the watchdog (after the kernel is gone): it sees end-of-file and exits."""
-        os.close(self._write_end)
-        try:
-            self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-
-
 async def start_kernel(options: SessionOptions) -> KernelBackend:
     """Start the kernel a session's options ask for, ready to take requests."""
     if options.gateway_url is not None:
@@ -479,7 +404,7 @@ def installed_kernel_names() -> list[str]:
 def _new_manager(kernel_name: str) -> AsyncKernelManager:
     kernel_id = str(uuid.uuid4())
     runtime_dir = jupyter_runtime_dir()
-    os.makedirs(runtime_dir, exist_ok=True)
+    os.makedirs(runtime_dir, mode=0o700, exist_ok=True)  # the sockets are reachable by path
     manager = AsyncKernelManager(
         kernel_name=kernel_name,
         transport="ipc",

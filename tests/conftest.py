@@ -57,8 +57,8 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             pid: p for pid, p in _children().items() if pid not in processes_before and _running(p)
         }
         threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-        fds = _open_fds() - fds_before
-        fd_targets = _describe_fds(fds)
+        fd_targets = _describe_fds(_open_fds() - fds_before)  # fds closed meanwhile drop out
+        fds = set(fd_targets)
         files = set(os.listdir(runtime_dir)) - files_before
         if not (leaked or threads or fds or files) or time.monotonic() > deadline:
             break
@@ -74,20 +74,21 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     if threads:
         problems.append(f"threads left running: {threads}")
     if fds:
-        problems.append(f"file descriptors left open: {sorted(fds)} -> {fd_targets}")
+        problems.append(f"file descriptors left open: {fd_targets}")
     if files:
         problems.append(f"files left in the runtime dir: {sorted(files)}")
     if problems:
         pytest.fail("leak: " + "; ".join(problems))
 
 
-def _describe_fds(fds: set[int]) -> list[str]:
-    described = []
+def _describe_fds(fds: set[int]) -> dict[int, str]:
+    """What each fd points at; an fd some thread closed since it was listed is left out."""
+    described = {}
     for fd in sorted(fds):
         try:
-            described.append(os.readlink(f"/proc/self/fd/{fd}"))
+            described[fd] = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            described.append("?")
+            pass
     return described
 
 

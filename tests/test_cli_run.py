@@ -32,7 +32,7 @@ def test_run_writes_the_executed_notebook_and_exits_0(tmp_path):
     out = tmp_path / "out.ipynb"
     done = run_cli("run", nb, "-o", str(out))
     assert done.returncode == 0, done.stderr
-    assert f"2 cells ran" in done.stdout and str(out) in done.stdout
+    assert "2 cells ran" in done.stdout and str(out) in done.stdout
     executed = nbformat.read(out, as_version=4)
     assert executed.cells[1].outputs[0].data["text/plain"] == "42"
     # Not a terminal: one plain line per cell on stderr.

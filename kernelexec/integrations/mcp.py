@@ -133,9 +133,11 @@ class KernelTools:
         if not os.path.isdir(os.path.dirname(target) or "."):
             raise ToolError(f"cannot write {target!r}: its directory does not exist")
         try:
-            cells = _save_notebook(live, target)
+            notebook = live.notebook
+            nbformat.write(notebook, target)
         except OSError as error:
             raise ToolError(f"cannot write {target!r}: {error.strerror}") from None
+        cells = len(notebook.cells)
         return f"Wrote {cells} cell{'s' if cells != 1 else ''} of session {session!r} to {target}"
 
     async def _get_or_create(self, session: str) -> AsyncSession:
@@ -284,32 +286,6 @@ def _content(result: ExecutionResult) -> list[TextContent | ImageContent]:
                 content.append(ImageContent(type="image", data="".join(data.split()), mime_type=mime))
                 break
     return content
-
-
-def _save_notebook(session: AsyncSession, path: str) -> int:
-    """Write the session's notebook to ``path``; returns the number of cells."""
-    save = getattr(session, "save_notebook", None)
-    if save is not None:
-        save(path)
-        return len(session.notebook.cells)
-    notebook = _notebook_from_history_standin(session)
-    nbformat.write(notebook, path)
-    return len(notebook.cells)
-
-
-def _notebook_from_history_standin(session: AsyncSession) -> nbformat.NotebookNode:
-    """STAND-IN until Session.notebook / save_notebook (issue 4) is merged: one code cell per
-    call in the session's history, with its outputs. Remove it then."""
-    notebook = nbformat.v4.new_notebook()
-    name = session.options.kernel_name
-    notebook.metadata["kernelspec"] = {"name": name, "display_name": name}
-    for code, result in session.history:
-        cell = nbformat.v4.new_code_cell(code, execution_count=result.execution_count)
-        cell.outputs = [nbformat.from_dict(dict(output)) for output in result.outputs]
-        cell.metadata["kernelexec"] = {"status": result.status, "exec_time": round(result.exec_time, 6)}
-        notebook.cells.append(cell)
-    nbformat.validate(notebook)
-    return notebook
 
 
 __all__ = ["INSTRUCTIONS", "KernelTools", "ServerSettings", "create_server", "serve"]

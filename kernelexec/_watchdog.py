@@ -1,0 +1,59 @@
+"""The owner-death watchdog: a local kernel must not outlive the process that started it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+
+class OwnerDeathWatchdog:
+    """Kills a kernel's process group when this process dies, however it dies.
+
+    ipykernel's own parent poller is a thread in the kernel: it cannot run while the kernel is
+    stuck in a long C call, and it leaves the kernel's child processes behind. The watchdog is a
+    tiny ``sh`` outside the kernel, reading a pipe whose write end only this process holds
+    (close-on-exec, so no other child inherits it). When this process exits, even by SIGKILL, the
+    read returns end-of-file and the watchdog kills the whole group (and everything in the
+    kernel's cgroup, if it has one) and removes the kernel's connection and socket files, which a
+    killed owner cannot.
+    """
+
+    SCRIPT = (
+        'read -r _; kill -9 -"$0" 2>/dev/null; rm -f "$@"; '  # dash's kill takes no --
+        'if [ -n "$KERNELEXEC_CGROUP" ]; then for i in 1 2 3 4 5 6 7 8 9 10; do '
+        '[ -d "$KERNELEXEC_CGROUP" ] || break; '
+        'for p in $(cat "$KERNELEXEC_CGROUP/cgroup.procs" 2>/dev/null); do kill -9 "$p"; done; '
+        'rmdir "$KERNELEXEC_CGROUP" 2>/dev/null && break; sleep 0.2; done; fi; exit 0'
+    )
+
+    def __init__(self, process: subprocess.Popen[bytes], write_end: int) -> None:
+        self._process = process
+        self._write_end = write_end
+
+    @classmethod
+    def start(cls, pgid: int | None, files: list[str], cgroup: str | None) -> OwnerDeathWatchdog | None:
+        if not pgid or os.name != "posix" or not os.path.exists("/bin/sh"):
+            return None
+        read_end, write_end = os.pipe()
+        try:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", cls.SCRIPT, str(pgid), *files],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={"PATH": os.defpath, "KERNELEXEC_CGROUP": cgroup or ""},
+                start_new_session=True,  # a Ctrl-C aimed at us must not take the watchdog first
+            )  # fmt: skip
+        except OSError:
+            os.close(write_end)
+            return None
+        finally:
+            os.close(read_end)
+        return cls(process, write_end)
+
+    def stop(self) -> None:
+        """Release the watchdog (after the kernel is gone): it sees end-of-file and exits."""
+        os.close(self._write_end)
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
