@@ -41,44 +41,66 @@ def _command(process: psutil.Process) -> list[str]:
         return [f"pid {process.pid}"]
 
 
+class Baseline:
+    """What of ours exists now: kernel processes, threads, fds, runtime-dir files."""
+
+    def __init__(self) -> None:
+        self.runtime_dir = os.environ["JUPYTER_RUNTIME_DIR"]
+        self.processes = set(_children())
+        self.threads = set(threading.enumerate())
+        self.fds = _open_fds()
+        self.files = set(os.listdir(self.runtime_dir))
+
+    def leaks(self) -> list[str]:
+        """What appeared since, waiting up to LEAK_WAIT_SECONDS for it to go; kills leftovers."""
+        deadline = time.monotonic() + LEAK_WAIT_SECONDS
+        while True:
+            leaked = {
+                pid: p for pid, p in _children().items() if pid not in self.processes and _running(p)
+            }
+            threads = [t for t in threading.enumerate() if t not in self.threads and t.is_alive()]
+            fds = _describe_fds(_open_fds() - self.fds)  # fds closed meanwhile drop out
+            files = set(os.listdir(self.runtime_dir)) - self.files
+            if not (leaked or threads or fds or files) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for process in leaked.values():
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        problems = []
+        if leaked:
+            problems.append(f"processes left running: {[_command(p) for p in leaked.values()]}")
+        if threads:
+            problems.append(f"threads left running: {threads}")
+        if fds:
+            problems.append(f"file descriptors left open: {fds}")
+        if files:
+            problems.append(f"files left in the runtime dir: {sorted(files)}")
+        return problems
+
+
 @pytest.fixture(autouse=True)
-def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+def no_leaks() -> Iterator[None]:
     """Fail a test that leaves a kernel process (or its children), a thread, an fd or a
-    connection file of ours behind. Module-scoped fixtures are set up before the baseline."""
-    runtime_dir = os.environ["JUPYTER_RUNTIME_DIR"]
-    processes_before = set(_children())
-    threads_before = set(threading.enumerate())
-    fds_before = _open_fds()
-    files_before = set(os.listdir(runtime_dir))
+    connection file of ours behind. Module-scoped fixtures are set up before the baseline:
+    a module that has them uses ``module_leak_check`` too."""
+    baseline = Baseline()
     yield
-    deadline = time.monotonic() + LEAK_WAIT_SECONDS
-    while True:
-        leaked = {
-            pid: p for pid, p in _children().items() if pid not in processes_before and _running(p)
-        }
-        threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-        fd_targets = _describe_fds(_open_fds() - fds_before)  # fds closed meanwhile drop out
-        fds = set(fd_targets)
-        files = set(os.listdir(runtime_dir)) - files_before
-        if not (leaked or threads or fds or files) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    for process in leaked.values():
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
-    problems = []
-    if leaked:
-        problems.append(f"processes left running: {[_command(p) for p in leaked.values()]}")
-    if threads:
-        problems.append(f"threads left running: {threads}")
-    if fds:
-        problems.append(f"file descriptors left open: {fd_targets}")
-    if files:
-        problems.append(f"files left in the runtime dir: {sorted(files)}")
+    problems = baseline.leaks()
     if problems:
         pytest.fail("leak: " + "; ".join(problems))
+
+
+@pytest.fixture(scope="module")
+def module_leak_check(private_runtime_dir: str) -> Iterator[None]:
+    """The same check around a whole module, for what its module-scoped fixtures hold."""
+    baseline = Baseline()
+    yield
+    problems = baseline.leaks()
+    if problems:
+        pytest.fail("leak after the module: " + "; ".join(problems))
 
 
 def _describe_fds(fds: set[int]) -> dict[int, str]:

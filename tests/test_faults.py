@@ -41,7 +41,7 @@ class Timed:
 
 
 @pytest.fixture(scope="module")
-def shared(private_runtime_dir: str) -> Iterator[kx.Session]:
+def shared(module_leak_check: None) -> Iterator[kx.Session]:
     # ipykernel does not capture file descriptors 1 and 2 when it sees it runs under pytest.
     with kx.Session(timeout=30, interrupt_grace=2, env={"PYTEST_CURRENT_TEST": None}) as session:
         yield session
