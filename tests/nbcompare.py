@@ -4,6 +4,10 @@ The rules follow nbclient's own test suite (tests/test_client.py, ``normalize_ou
 metadata dropped; memory addresses replaced in stream text and ``text/plain``; SVG compared as
 parsed XML; base64 payloads compared without line breaks; tracebacks compared with ANSI codes
 stripped and IPython's input labels replaced; execution counts compared exactly.
+
+One rule is ours: a traceback's context lines (the numbered source lines around the failing one)
+are dropped, because IPython 9 shows more of them than the IPython that stored these outputs; the
+failing line (``---->``), the frame headers and the exception line are still compared.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from nbformat import NotebookNode
 ADDRESS = re.compile(r"0x[0-9a-f]{7,9}")
 ANSI = re.compile(r"\x1b\[(.*?)([@-~])")  # nbconvert's strip_ansi, as nbclient's tests use it
 IPYTHON_INPUT = re.compile(r"(<ipython-input-\d+-[0-9a-f]+>|<IPY-INPUT>) in (<module>|<cell line: \d>\(\))")
+CONTEXT_LINE = re.compile(r"^ {4,}\d+ .*$\n?", re.M)
 IPYTHON8_INPUT = re.compile(r"((Cell|Input) In\s?\[\d+\]|<IPY-INPUT>), (in )?(line \d|<module>|<cell line: \d>\(\))")
 
 
@@ -53,7 +58,7 @@ def normalize_output(output: NotebookNode) -> dict[str, Any]:
         lines = []
         for line in output["traceback"]:
             line = IPYTHON_INPUT.sub("<IPY-INPUT>", ANSI.sub("", line))
-            lines.append(IPYTHON8_INPUT.sub("<IPY-INPUT>", line))
+            lines.append(CONTEXT_LINE.sub("", IPYTHON8_INPUT.sub("<IPY-INPUT>", line)))
         output["traceback"] = lines
     return output
 

@@ -100,14 +100,14 @@ def test_restart_and_shutdown_end_processes_the_code_started():
     assert gone_within([before_shutdown], 5)
 
 
-def test_create_close_cycles_leave_threads_and_fds_as_they_were():
+def test_twenty_create_close_cycles_leave_threads_and_fds_as_they_were():
     def counts() -> tuple[int, int]:
         return threading.active_count(), len(os.listdir("/proc/self/fd"))
 
     with kx.Session():
         pass  # first use imports and caches what every later session shares
     before = counts()
-    for _ in range(10):
+    for _ in range(20):  # as issue 3 asks
         with kx.Session() as s:
             s.execute("1")
     assert counts() == before
