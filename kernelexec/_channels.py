@@ -8,6 +8,7 @@ the kernel process exits, or the timeout passes. Nothing wakes up on a timer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -17,8 +18,11 @@ from jupyter_client.session import Session as ProtocolSession
 from jupyter_client.session import json_unpacker
 
 Message = dict[str, Any]
+log = logging.getLogger("kernelexec")
+
 # Messages held in our iopub queue; at most 256 KiB each from kernels kernelexec prepared.
 IOPUB_RECEIVE_QUEUE = 100
+
 CHANNELS = (("iopub", zmq.SUB), ("shell", zmq.DEALER), ("stdin", zmq.DEALER))
 
 
@@ -48,7 +52,8 @@ class ZmqChannels:
             self._sockets.append((channel, socket))
         self._by_name = dict(self._sockets)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        # Everyone sleeping in wait(): a call's receive and a shutdown may wait at the same time.
+        self._waiters: set[asyncio.Future[None]] = set()
         self._watched_fds: list[int] = []
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -78,11 +83,14 @@ class ZmqChannels:
     def try_receive(self) -> tuple[str, Message] | None:
         """A message that is ready on any channel, or ``None`` without waiting."""
         for channel, socket in self._sockets:
-            try:
-                frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                continue
-            return channel, self._deserialize(frames)
+            while True:
+                try:
+                    frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    break
+                msg = self._deserialize(frames)
+                if msg is not None:
+                    return channel, msg
         return None
 
     def any_ready(self) -> bool:
@@ -95,12 +103,13 @@ class ZmqChannels:
             return
         loop = self._loop
         assert loop is not None
-        waiter = self._waiter = loop.create_future()
+        waiter = loop.create_future()
+        self._waiters.add(waiter)
         timer = None if timeout is None else loop.call_later(max(timeout, 0), _resolve, waiter)
         try:
             await waiter
         finally:
-            self._waiter = None
+            self._waiters.discard(waiter)
             if timer is not None:
                 timer.cancel()
 
@@ -109,8 +118,7 @@ class ZmqChannels:
             self._unwatch(fd)
         for _, socket in self._sockets:
             socket.close(linger=0)
-        if self._waiter is not None:
-            _resolve(self._waiter)
+        self._wake()
 
     def _unwatch(self, fd: int) -> None:
         if fd in self._watched_fds:
@@ -123,21 +131,34 @@ class ZmqChannels:
             self._wake()
 
     def _wake(self) -> None:
-        if self._waiter is not None:
-            _resolve(self._waiter)
+        for waiter in self._waiters:
+            _resolve(waiter)
 
-    def _deserialize(self, frames: list[bytes]) -> Message:
-        _, msg_frames = self.session.feed_identities(frames, copy=True)
+    def _deserialize(self, frames: list[bytes]) -> Message | None:
+        """The message, or ``None`` (logged) for one that cannot be read: it must not end a call."""
+        try:
+            _, msg_frames = self.session.feed_identities(frames, copy=True)
+        except ValueError as error:
+            log.warning("dropped a malformed kernel message: %s", error)
+            return None
         try:
             return self.session.deserialize(msg_frames, content=True, copy=True)
-        except (UnicodeDecodeError, ValueError):
-            # A fast unpacker (orjson) rejects invalid UTF-8; the tolerant one replaces it.
-            unpack = self.session.unpack
-            self.session.unpack = json_unpacker
-            try:
-                return self.session.deserialize(msg_frames, content=True, copy=True)
-            finally:
-                self.session.unpack = unpack
+        except (UnicodeDecodeError, ValueError) as error:
+            if "Signature" in str(error):  # garbled or forged: nothing in it can be trusted
+                log.warning("dropped a kernel message that failed its signature check: %s", error)
+                return None
+        # A fast unpacker (orjson) rejects invalid UTF-8; the tolerant one replaces it. The first
+        # attempt recorded the signature, so the second must not see it as a replay.
+        self.session.digest_history.discard(msg_frames[0])
+        unpack = self.session.unpack
+        self.session.unpack = json_unpacker
+        try:
+            return self.session.deserialize(msg_frames, content=True, copy=True)
+        except (UnicodeDecodeError, ValueError) as error:
+            log.warning("dropped a kernel message that could not be decoded: %s", error)
+            return None
+        finally:
+            self.session.unpack = unpack
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

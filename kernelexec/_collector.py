@@ -177,6 +177,9 @@ class OutputCollector:
             self._add_stream(node.name, node.text)
             return
         size = _bundle_size(node.get("data", {})) if "data" in node else _size(_text_of(node))
+        dropped_in_kernel = node.get("metadata", {}).get("kernelexec", {}).get("dropped_bytes")
+        if isinstance(dropped_in_kernel, int):  # a display bigger than the budget, see _kernel_side
+            self.truncated_bytes += dropped_in_kernel
         if display_id is not None:
             self._displays.show(display_id, node)
         self._place(_Entry(node, size, display_id=display_id))

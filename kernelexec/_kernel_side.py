@@ -5,16 +5,18 @@ namespace, so the user's namespace is untouched) and calls :func:`install`. kern
 installed in the kernel's environment: only the source travels, which is why this module imports
 nothing from kernelexec and stays compatible with older Pythons.
 
-It does two jobs:
+What it installs:
 
 - After a cell fails, it attaches the exception's real frames and arguments to the execute_reply
   as a payload (``source: "kernelexec.error"``). Front ends ignore payload sources they do not
   know, and the payload costs no extra round trip.
-- It splits big writes to stdout/stderr into bounded stream messages, so a gigabyte print reaches
-  the client as a series of small messages it can truncate as they come, instead of one message
-  the size of the print; and it gives those streams a ``buffer`` for code that writes bytes.
-- It applies the session's memory and process limits to the kernel itself, and makes
-  ``os._exit`` send pending output before the process ends.
+- Bounded output: big writes to stdout/stderr become a series of bounded stream messages the
+  client truncates as they come; a display or result bigger than the output budget becomes a
+  short note; the IOPub socket waits for a slow client instead of dropping messages; output
+  written to file descriptors 1 and 2 reaches the call that wrote it; the streams get a
+  ``buffer`` for code that writes bytes.
+- Limits and exits: the session's memory and process limits, ``os._exit`` sending pending output
+  first, and ``exit()``/``quit()`` leaving the session's kernel alone.
 """
 
 import os
@@ -112,26 +114,55 @@ def _split_large_messages(stream, max_chars):
     from the stream's I/O thread, so the hook is registered there. (Wrapping ``write`` instead
     does not last: IPython 9 re-wraps and restores ``sys.stdout.write`` around every cell.)
     """
-
     pub_thread = stream.pub_thread
 
     def split(msg):
         text = msg["content"].get("text", "")
         if len(text) <= max_chars:
             return msg
-        # Already on the I/O thread: send on its socket directly. Going through pub_thread would
-        # queue each piece as an event for this very thread, and past the event pipe's
-        # high-water mark (1000 pieces) the send blocks forever.
-        socket = pub_thread.socket if threading.current_thread() is pub_thread.thread else pub_thread
-        for start in range(0, len(text), max_chars):
+        # The pieces are queued on the I/O thread like every other message, so they keep their
+        # place before the reply's idle status; the last goes on as the message itself
+        # (returning None would make ipykernel skip other requests' output in this flush).
+        last = (len(text) - 1) // max_chars * max_chars
+        for start in range(0, last, max_chars):
             content = {"name": msg["content"]["name"], "text": text[start : start + max_chars]}
             piece = stream.session.msg("stream", content, parent=msg["parent_header"])
-            stream.session.send(socket, piece, ident=stream.topic)
-        return None
+            stream.session.send(pub_thread, piece, ident=stream.topic)
+        msg["content"]["text"] = text[last:]
+        return msg
 
-    pub_thread.schedule(lambda: stream.register_hook(split))
+    def register():
+        try:
+            _unbounded_event_pipe(pub_thread)
+        except AttributeError:  # an ipykernel without these internals: big writes stay whole
+            return
+        stream.register_hook(split)
+
+    pub_thread.schedule(register)
     if not hasattr(stream, "buffer"):
         stream.buffer = _BinaryStream(stream)
+
+
+def _unbounded_event_pipe(pub_thread):
+    """Let the I/O thread queue any number of sends to itself.
+
+    Sends are queued as events through a per-thread pipe whose high-water mark (1000) would make
+    the I/O thread block forever on its own queue when one flush turns into more pieces than
+    that. (Sending them on the socket directly instead garbled messages under load.)
+    """
+    import zmq
+
+    local = pub_thread._local
+    old = getattr(local, "event_pipe", None)
+    pipe = pub_thread.socket.context.socket(zmq.PUSH)
+    pipe.linger = 0
+    pipe.sndhwm = 0  # an inproc pipe is unbounded when either side's high-water mark is 0
+    pipe.connect(pub_thread._event_interface)
+    local.event_pipe = pipe
+    with pub_thread._event_pipe_gc_lock:
+        pub_thread._event_pipes[threading.current_thread()] = pipe
+    if old is not None:
+        old.close()
 
 
 def _wait_for_fd_output(shell, streams):
@@ -220,7 +251,37 @@ def _lower_limit(which, value):
     resource.setrlimit(limit, (value, value))
 
 
-def install(max_message_chars, memory_limit=None, max_processes=None):
+def _drop_huge_displays(shell, max_bundle_chars):
+    """Replace a display or result bigger than the call's whole output budget by a short note.
+
+    The client would drop it anyway, but only after receiving and decoding all of it: a 1 GB
+    ``display`` or last expression must not cost the client 1 GB. The note carries how much was
+    dropped (``metadata.kernelexec.dropped_bytes``), so the result still counts it.
+    """
+
+    def size(value):
+        text = value if isinstance(value, str) else str(value)
+        return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+
+    def drop(msg):
+        content = msg.get("content", {})
+        data = content.get("data")
+        if not isinstance(data, dict):
+            return msg
+        dropped = sum(size(value) for value in data.values())
+        if dropped <= max_bundle_chars:
+            return msg
+        kinds = ", ".join(sorted(data))
+        content["data"] = {"text/plain": f"[{kinds}: {dropped:,} bytes, more than max_output_bytes]"}
+        content["metadata"] = {"kernelexec": {"dropped_bytes": dropped}}
+        return msg
+
+    for publisher in (shell.display_pub, shell.displayhook):
+        if hasattr(publisher, "register_hook"):  # ipykernel >= 7 for the displayhook
+            publisher.register_hook(drop)
+
+
+def install(max_message_chars, memory_limit=None, max_processes=None, max_bundle_chars=None):
     """Install kernelexec's hooks in the running IPython kernel (idempotent)."""
     global _INTERNAL_DIRS
     from IPython import get_ipython
@@ -239,6 +300,8 @@ def install(max_message_chars, memory_limit=None, max_processes=None):
     _never_drop_output(shell)
     _keep_kernel_on_exit(shell)
     _wait_for_fd_output(shell, (sys.stdout, sys.stderr))
+    if max_bundle_chars:
+        _drop_huge_displays(shell, max_bundle_chars)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "pub_thread") and hasattr(stream, "register_hook"):  # ipykernel's OutStream
             _split_large_messages(stream, max_message_chars)

@@ -8,6 +8,7 @@ complete, the deadline passes, or the kernel dies.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -25,6 +26,10 @@ log = logging.getLogger("kernelexec")
 
 # Longest stream message the kernel sends (characters): bounds the client's memory per message.
 MAX_MESSAGE_CHARS = 256 * 1024
+# How many messages ``pump`` handles in a row before it lets other tasks run.
+YIELD_EVERY_MESSAGES = 16
+# How long a call waits for its idle status once the reply is in and the kernel is quiet.
+IDLE_AFTER_REPLY_SECONDS = 3.0
 _BOOTSTRAP_SOURCE = inspect.getsource(_kernel_side)
 
 KernelSource = Callable[[], Awaitable[KernelBackend]]
@@ -52,7 +57,10 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions) -> None
     """Install kernelexec's in-kernel hooks (Python kernels), then run the startup code."""
     if kernel.info.get("language_info", {}).get("name") == "python":
         nproc = options.max_processes if getattr(kernel, "needs_nproc_limit", False) else None
-        install = f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r}, {nproc!r})"
+        install = (
+            f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r}, {nproc!r},"
+            f" {options.max_output_bytes!r})"
+        )
         code = (
             f"exec(compile({_BOOTSTRAP_SOURCE + chr(10) + install!r}, '<kernelexec>', 'exec'),"
             " {'__name__': '__kernelexec__'})"
@@ -97,13 +105,34 @@ async def pump(
     input_handler: InputHandler | None = None,
 ) -> KernelDeath | Deadline | None:
     """Feed the request's messages to its collector until it is complete (``None``)."""
+    received = 0
+    last_message_at = time.monotonic()
     while not collector.complete:
+        # A flood of output never makes receive wait: check the deadline here, and let the rest
+        # of the event loop (other sessions, interrupt(), cancellation) run now and then.
+        now = time.monotonic()
+        left = deadline - now
+        if left <= 0:
+            return DEADLINE
+        if collector.reply is not None:
+            # The reply is in; only the idle status is missing. Kernels kernelexec prepared never
+            # drop it, others may (IOPub drops messages past its high-water mark): after a quiet
+            # spell, the call is over rather than timed out.
+            quiet_left = last_message_at + IDLE_AFTER_REPLY_SECONDS - now
+            if quiet_left <= 0:
+                log.warning("no idle status %gs after the reply; ending the call", IDLE_AFTER_REPLY_SECONDS)
+                return None
+            left = min(left, quiet_left)
+        received += 1
+        if received % YIELD_EVERY_MESSAGES == 0:
+            await asyncio.sleep(0)
         try:
-            item = await kernel.receive(deadline - time.monotonic())
+            item = await kernel.receive(left)
         except KernelDied as died:
             return died.death
         if item is None:
-            return DEADLINE
+            continue  # the loop decides: deadline passed, or quiet after the reply
+        last_message_at = time.monotonic()
         channel, msg = item
         if channel == "stdin":
             _answer_input(kernel, msg, input_handler)

@@ -92,7 +92,8 @@ class SessionOptions:
         env = tuple(sorted((self.env or {}).items()))
         return (
             self.kernel_name, self.cwd, env, self.inherit_env, self.startup_code,
-            self.memory_limit, self.max_processes, self.gateway_url, self.gateway_token,
+            self.memory_limit, self.max_processes, self.max_output_bytes, self.gateway_url,
+            self.gateway_token,
             tuple(sorted((self.gateway_headers or {}).items())), self.gateway_validate_cert,
         )  # fmt: skip
 

@@ -264,10 +264,13 @@ class AsyncSession(_SessionBase):
             await kernel.interrupt()
 
     async def restart(self) -> None:
-        """Replace the kernel with a fresh one; all state in the kernel is lost."""
+        """Replace the kernel with a fresh one; all state in the kernel is lost.
+
+        Raises ``KernelStartError`` if no new kernel could be started (the next call tries again).
+        """
         async with self._lock:
             self._raise_if_closed()
-            await self._replace_kernel(graceful=True)
+            await self._replace_kernel(graceful=True, raise_start_error=True)
             self._state.counts["restarts"] += 1
 
     async def shutdown(self) -> None:
@@ -293,18 +296,27 @@ class AsyncSession(_SessionBase):
 
     async def _ensure_kernel(self) -> KernelBackend:
         self._raise_if_closed()
-        state = self._state
-        if state.kernel is None:
-            state.starting = True
-            try:
-                state.kernel = await self._kernel_source()
-            finally:
-                state.starting = False
-            state.execution_count = 0
-            state.kernel_info = state.kernel.info
-        return state.kernel
+        if self._state.kernel is None:
+            await self._start_kernel()
+        assert self._state.kernel is not None
+        return self._state.kernel
 
-    async def _replace_kernel(self, *, graceful: bool = False) -> bool:
+    async def _start_kernel(self) -> None:
+        """Start the session's next kernel (every start and restart goes through here)."""
+        state = self._state
+        state.starting = True
+        try:
+            kernel = await self._kernel_source()
+        finally:
+            state.starting = False
+        if state.closed:  # shut down while the kernel started
+            await kernel.shutdown(graceful=False)
+            self._raise_if_closed()
+        state.kernel = kernel
+        state.execution_count = 0
+        state.kernel_info = kernel.info
+
+    async def _replace_kernel(self, *, graceful: bool = False, raise_start_error: bool = False) -> bool:
         """Swap in a fresh kernel; ``False`` if none could be started (the next call retries).
 
         A hung or dead kernel is killed at once; ``graceful`` lets a healthy one exit cleanly
@@ -318,14 +330,19 @@ class AsyncSession(_SessionBase):
         # The old kernel goes while the new one starts: a gateway takes seconds to delete a hung one.
         stopping = asyncio.create_task(old.shutdown(graceful=graceful)) if old is not None else None
         try:
-            self._state.kernel = await self._kernel_source()
+            await self._start_kernel()
+        except SessionClosed:
+            if raise_start_error:
+                raise
+            return False
         except KernelStartError:
+            if raise_start_error:
+                raise
             log.exception("could not restart the kernel; the next call will try again")
             return False
         finally:
             if stopping is not None:
                 await asyncio.shield(stopping)
-        self._state.execution_count = 0
         return True
 
     # The execute path
@@ -349,8 +366,8 @@ class AsyncSession(_SessionBase):
             outcome = await pump(kernel, collector, started + time_limit, self._options.input_handler)
             if outcome is DEADLINE:
                 call.timed_out = True
+                grace_ends = time.monotonic() + self._options.interrupt_grace  # interrupting takes time too
                 await kernel.interrupt()
-                grace_ends = time.monotonic() + self._options.interrupt_grace
                 outcome = await pump(kernel, collector, grace_ends, self._options.input_handler)
         except asyncio.CancelledError:
             await asyncio.shield(_interrupt_quietly(kernel))
@@ -385,7 +402,7 @@ class AsyncSession(_SessionBase):
     ) -> ExecutionResult:
         collector = call.collector
         reply = collector.reply or {}
-        status, error = _outcome(call, outcome, reply, time_limit, restarted)
+        status, error = _outcome(call, outcome, reply, time_limit, restarted, self._state.closed)
         count = reply.get("execution_count")
         if isinstance(count, int) and not restarted:
             self._state.execution_count = count
@@ -497,13 +514,17 @@ def _outcome(
     reply: dict[str, Any],
     time_limit: float,
     restarted: bool,
+    closed: bool,
 ) -> tuple[Status, ErrorInfo | None]:
     """The status of a finished call and the error that explains it."""
     payload = error_payload(reply.get("payload", []))
     frames = list(frames_from_payload(payload))
     exc_info = dict(payload.get("exc_info", {})) if payload else {}
     if isinstance(outcome, KernelDeath):
-        fate = "the kernel was restarted" if restarted else "no new kernel could be started yet"
+        if closed:
+            fate = "the session was shut down"
+        else:
+            fate = "the kernel was restarted" if restarted else "no new kernel could be started yet"
         evalue = f"{outcome.describe()} during this call; {fate} and its state is lost"
         detail = outcome.detail.splitlines()[-20:] if outcome.detail else []
         return "died", ErrorInfo("KernelDied", evalue, detail)

@@ -94,6 +94,46 @@ def test_a_400_mib_print_keeps_client_memory_bounded_and_counts_every_byte(run, 
     still_works(shared)
 
 
+def test_a_huge_last_expression_is_dropped_in_the_kernel_and_counted(run, shared):
+    with PeakRss() as memory:
+        r = run("'x' * (300 * 2**20)", bound=60)
+    assert r.ok and r.truncated_bytes >= 300 * MiB
+    assert "more than max_output_bytes" in r.result
+    assert memory.growth < 100 * MiB, f"client memory grew by {memory.growth / MiB:.0f} MiB"
+    still_works(shared)
+
+
+def test_the_timeout_holds_while_output_floods_in():
+    with kx.Session(timeout=1) as s:
+        # Draining what the kernel had queued may outlast the interrupt grace: then it restarts.
+        r = Timed(s)("print('started', flush=True)\nwhile True:\n    print('x' * 100_000)", bound=15)
+        assert r.status == "timeout" and r.stdout.startswith("started\n")
+        assert r.truncated_bytes > 0
+        still_works(s)
+
+
+def test_output_interleaved_with_a_threads_big_writes_arrives_whole(caplog):
+    """A thread's big writes become many pieces sent between the call's own small messages:
+    none may be garbled (dropped with a warning), lost or reordered."""
+    session = kx.Session(max_output_bytes=100_000_000, env={"PYTEST_CURRENT_TEST": None})
+    with caplog.at_level("WARNING", logger="kernelexec"), session as s:
+        s.execute(
+            "import threading, time\n"
+            "def writer():\n"
+            "    for _ in range(30):\n"
+            "        print('y' * 600_000)\n"
+            "        time.sleep(0.05)\n"
+            "threading.Thread(target=writer).start()"
+        )
+        r = Timed(s)("import time\nfor i in range(40):\n    print(i)\n    time.sleep(0.02)", 20)
+        assert r.ok and r.truncated_bytes == 0
+        # ipykernel reports the thread's output with the call running when it is flushed.
+        assert [int(token) for token in r.stdout.replace("y", "").split()] == list(range(40))
+        still_works(s)  # while the writer goes on
+        s.execute("time.sleep(1.5)")  # the writer is done before the kernel goes
+    assert not [r.message for r in caplog.records if "dropped" in r.message]
+
+
 def test_output_written_to_file_descriptor_1_is_captured(run):
     r = run("import os\nos.write(1, b'through fd 1\\n')\nprint('through print')", bound=10)
     assert r.ok and "through fd 1\n" in r.stdout and "through print\n" in r.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -131,3 +132,41 @@ def test_thirty_two_kernels_start_concurrently():
 
     pids = asyncio.run(main())
     assert len(set(pids)) == 32
+
+
+def test_shutdown_from_another_thread_ends_a_running_call_at_once():
+    with kx.Session(timeout=120) as s:
+        results: list[kx.ExecutionResult] = []
+        worker = threading.Thread(target=lambda: results.append(s.execute("import time\ntime.sleep(100)")))
+        worker.start()
+        time.sleep(1)
+        started = time.monotonic()
+        s.shutdown()
+        worker.join(10)
+        assert time.monotonic() - started < 10
+    assert results and results[0].status == "died"
+    assert "the session was shut down" in results[0].error.evalue
+
+
+def test_restart_raises_when_no_new_kernel_can_start(tmp_path, monkeypatch):
+    """A kernel spec that starts once, then fails (its flag file says so)."""
+    flag = tmp_path / "broken"
+    launcher = (
+        "import os, sys\n"
+        f"if os.path.exists({str(flag)!r}):\n    sys.exit('this kernel is broken now')\n"
+        "from ipykernel import kernelapp\nkernelapp.launch_new_instance()\n"
+    )
+    folder = tmp_path / "kernels" / "fragile"
+    folder.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-c", launcher, "-f", "{connection_file}"],
+            "display_name": "fragile", "language": "python"}  # fmt: skip
+    (folder / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    with kx.Session("fragile") as s:
+        assert s.execute("1 + 1").result == "2"
+        flag.touch()
+        with pytest.raises(kx.KernelStartError, match="broken now"):
+            s.restart()
+        assert s.stats.restarts == 0
+        flag.unlink()
+        assert s.execute("2 + 2").result == "4"  # the next call starts a kernel again
