@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from nbformat import NotebookNode
+from nbformat import NotebookNode, from_dict
 from nbformat.v4 import output_from_msg
 
 from ._displays import DisplayRegistry
-from ._traceback import plain_traceback
+from ._result import output_text
 
 log = logging.getLogger("kernelexec")
 
@@ -58,14 +58,43 @@ def _bundle_size(data: dict[str, Any]) -> int:
     return sum(_size(value) if isinstance(value, str) else _size(str(value)) for value in data.values())
 
 
-def _text_of(output: NotebookNode) -> str:
-    """The part of an output an agent reads, as the spill file records it."""
-    if output.output_type == "stream":
-        return output.text
-    if output.output_type == "error":
-        return plain_traceback(output.traceback) + "\n"
-    plain = output.get("data", {}).get("text/plain", "")
-    return plain + "\n" if plain else ""
+class _Pieces:
+    """Stream text kept as the pieces it arrived in: appending a piece and dropping bytes from the
+    front each cost what they add or drop, never a copy of the whole text."""
+
+    def __init__(self) -> None:
+        self._pieces: deque[str] = deque()
+        self._sizes: deque[int] = deque()  # UTF-8 bytes of each piece, from _start for the first
+        self._start = 0  # characters of the first piece already dropped
+
+    def append(self, text: str, size: int) -> None:
+        self._pieces.append(text)
+        self._sizes.append(size)
+
+    def drop_front(self, excess: int) -> int:
+        """Drop the shortest prefix of whole characters of at least ``excess`` bytes; its size."""
+        dropped = 0
+        while self._pieces and self._sizes[0] <= excess - dropped:
+            dropped += self._sizes.popleft()
+            self._pieces.popleft()
+            self._start = 0
+        if self._pieces and dropped < excess:
+            need = excess - dropped
+            chars, cut = _prefix_of_at_least(self._pieces[0], self._start, self._sizes[0], need)
+            self._start += chars
+            self._sizes[0] -= cut
+            dropped += cut
+            if not self._sizes[0]:
+                self._pieces.popleft()
+                self._sizes.popleft()
+                self._start = 0
+        return dropped
+
+    def text(self) -> str:
+        if self._start:
+            self._pieces[0] = self._pieces[0][self._start :]
+            self._start = 0
+        return "".join(self._pieces)
 
 
 @dataclass
@@ -74,7 +103,7 @@ class _Entry:
 
     node: NotebookNode
     size: int
-    pieces: list[str] = field(default_factory=list)
+    pieces: _Pieces = field(default_factory=_Pieces)
     display_id: str | None = None
 
     @property
@@ -83,7 +112,7 @@ class _Entry:
 
     def finished(self) -> NotebookNode:
         if self.is_stream:
-            self.node.text = "".join(self.pieces)
+            self.node.text = self.pieces.text()
         return self.node
 
 
@@ -114,6 +143,7 @@ class OutputCollector:
         self._head_size = 0
         self._tail: deque[_Entry] = deque()
         self._tail_size = 0
+        self._head_full = False  # outputs go to the tail (and the spill file) until a clear
         self._clear_pending = False
         self._on_output = on_output
         self._open_spill = open_spill
@@ -145,7 +175,11 @@ class OutputCollector:
         elif msg_type == "clear_output":
             self._clear(wait=msg["content"].get("wait", False))
         elif msg_type == "update_display_data":
-            self._update_display(msg["content"])
+            content = msg["content"]
+            display_id = content.get("transient", {}).get("display_id")
+            if display_id is not None:
+                self._update_display(display_id, content.get("data", {}), content.get("metadata", {}))
+                self._notify(NotebookNode(output_type="update_display_data", **content))
         elif msg_type == OUTPUT_DROPPED:
             # The gateway does not say how much it dropped: count it as at least one byte.
             marker = dropped_marker(msg["content"].get("text", ""))
@@ -176,26 +210,27 @@ class OutputCollector:
         if node.output_type == "stream":
             self._add_stream(node.name, node.text)
             return
-        size = _bundle_size(node.get("data", {})) if "data" in node else _size(_text_of(node))
+        size = _bundle_size(node.get("data", {})) if "data" in node else _size(output_text(node))
         dropped_in_kernel = node.get("metadata", {}).get("kernelexec", {}).get("dropped_bytes")
         if isinstance(dropped_in_kernel, int):  # a display bigger than the budget, see _kernel_side
             self.truncated_bytes += dropped_in_kernel
-        if display_id is not None:
+        if display_id is not None:  # the outputs already showing this id take its data
+            self._update_display(display_id, node.get("data", {}), node.get("metadata", {}))
             self._displays.show(display_id, node)
         self._place(_Entry(node, size, display_id=display_id))
 
     def _add_stream(self, name: str, text: str) -> None:
         size = _size(text)
-        if not self._tail and self._head_size + size <= self._head_limit:
+        if not self._head_full and self._head_size + size <= self._head_limit:
             last = self._head[-1] if self._head else None
             self._head_size += size
             if last is not None and last.is_stream and last.node.name == name:
-                last.pieces.append(text)
+                last.pieces.append(text, size)
                 last.size += size
             else:
                 self._head.append(self._stream_entry(name, text, size))
             return
-        if not self._tail:  # fill the head to its limit, the rest goes to the tail
+        if not self._head_full:  # fill the head to its limit, the rest goes to the tail
             room = self._head_limit - self._head_size
             head_part = _cut_to_size(text, room)
             if head_part:
@@ -206,7 +241,7 @@ class OutputCollector:
         self._write_spill(text)
         last = self._tail[-1] if self._tail else None
         if last is not None and last.is_stream and last.node.name == name:
-            last.pieces.append(text)
+            last.pieces.append(text, size)
             last.size += size
             self._tail_size += size
         else:
@@ -216,15 +251,17 @@ class OutputCollector:
 
     @staticmethod
     def _stream_entry(name: str, text: str, size: int) -> _Entry:
-        return _Entry(NotebookNode(output_type="stream", name=name, text=""), size, pieces=[text])
+        entry = _Entry(NotebookNode(output_type="stream", name=name, text=""), size)
+        entry.pieces.append(text, size)
+        return entry
 
     def _place(self, entry: _Entry) -> None:
-        if not self._tail and self._head_size + entry.size <= self._head_limit:
+        if not self._head_full and self._head_size + entry.size <= self._head_limit:
             self._head.append(entry)
             self._head_size += entry.size
             return
         self._start_spill()
-        self._write_spill(_text_of(entry.node))
+        self._write_spill(output_text(entry.node))
         self._tail.append(entry)
         self._tail_size += entry.size
         self._trim_tail()
@@ -241,10 +278,7 @@ class OutputCollector:
                     break
                 continue
             if entry.is_stream and entry.size > excess:
-                text = "".join(entry.pieces)
-                kept_text = _keep_end(text, entry.size - excess)
-                dropped = entry.size - _size(kept_text)
-                entry.pieces = [kept_text]
+                dropped = entry.pieces.drop_front(excess)
                 entry.size -= dropped
                 self._tail_size -= dropped
                 self.truncated_bytes += dropped
@@ -265,13 +299,49 @@ class OutputCollector:
             self._forget(entry)
         self._head, self._tail = [], deque()
         self._head_size = self._tail_size = self.truncated_bytes = 0
+        self._head_full = False
+        if self._spill is not None:  # it records what the outputs hold: nothing, now
+            self._spill.seek(0)
+            self._spill.truncate()
 
-    def _update_display(self, content: dict[str, Any]) -> None:
-        display_id = content.get("transient", {}).get("display_id")
-        if display_id is None:
+    def _update_display(self, display_id: str, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """Give every output showing ``display_id`` this data, counted against the byte budget."""
+        size = _bundle_size(data)
+        ours = {id(entry.node): entry for entry in self._entries() if entry.display_id == display_id}
+        for node in self._displays.nodes(display_id):
+            entry = ours.get(id(node))
+            if entry is None and size > self._tail_limit:
+                # An earlier call's output (a notebook's shared registry): this call would drop a
+                # display this big, so the earlier output keeps its data and the bytes count here.
+                self._start_spill()
+                self.truncated_bytes += size
+                continue
+            node.data, node.metadata = from_dict(data), from_dict(metadata)
+            if entry is not None:
+                self._resize(entry, size)
+
+    def _resize(self, entry: _Entry, size: int) -> None:
+        """A display's data was replaced: keep it within the budget as a new display would be."""
+        old_size, entry.size = entry.size, size
+        index = next((i for i, kept in enumerate(self._head) if kept is entry), None)
+        if index is None:  # in the tail: trimming drops the oldest outputs until it fits
+            self._tail_size += size - old_size
+            self._trim_tail()
             return
-        self._displays.update(display_id, content.get("data", {}), content.get("metadata", {}))
-        self._notify(NotebookNode(output_type="update_display_data", **content))
+        if self._head_size + size - old_size <= self._head_limit:
+            self._head_size += size - old_size
+            return
+        # Too big for the head: dropped, and the marker goes where it was.
+        self._start_spill()
+        later = self._head[index + 1 :]
+        del self._head[index:]
+        moved = sum(kept.size for kept in later)
+        self._head_size -= old_size + moved
+        self.truncated_bytes += size
+        self._forget(entry)
+        self._tail.extendleft(reversed(later))
+        self._tail_size += moved
+        self._trim_tail()
 
     def _entries(self) -> Iterable[_Entry]:
         yield from self._head
@@ -292,12 +362,17 @@ class OutputCollector:
             log.exception("on_output callback raised; outputs are still collected")
 
     def _start_spill(self) -> None:
-        """On the first truncation, open the spill file and record the head kept so far."""
-        if self._spill is not None or self._open_spill is None:
+        """The head is full: later outputs go to the tail, and the spill file records the head
+        kept so far and from now on everything (opened on the first truncation of the call)."""
+        if self._head_full:
             return
-        self._spill = self._open_spill()
+        self._head_full = True
+        if self._open_spill is None:
+            return
+        if self._spill is None:
+            self._spill = self._open_spill()
         for entry in self._head:
-            self._write_spill("".join(entry.pieces) if entry.is_stream else _text_of(entry.node))
+            self._write_spill(output_text(entry.finished()))
 
     def _write_spill(self, text: str) -> None:
         if self._spill is not None:
@@ -323,11 +398,13 @@ def _cut_to_size(text: str, max_bytes: int) -> str:
     return encoded.decode("utf-8", "ignore")
 
 
-def _keep_end(text: str, max_bytes: int) -> str:
-    """The longest suffix of ``text`` whose UTF-8 encoding fits in ``max_bytes``."""
-    if max_bytes <= 0:
-        return ""
-    if text.isascii():
-        return text[-max_bytes:]
-    encoded = text.encode("utf-8", "surrogatepass")[-max_bytes:]
-    return encoded.decode("utf-8", "ignore")
+def _prefix_of_at_least(text: str, start: int, size: int, min_bytes: int) -> tuple[int, int]:
+    """Characters and UTF-8 bytes of the shortest prefix of ``text[start:]`` (``size`` bytes) of
+    at least ``min_bytes`` bytes; the cost is that of the prefix, not of the text."""
+    if size == len(text) - start:  # ASCII: a byte per character
+        return min_bytes, min_bytes
+    encoded = text[start : start + min_bytes].encode("utf-8", "surrogatepass")  # >= min_bytes
+    end = min_bytes
+    while end < len(encoded) and encoded[end] & 0xC0 == 0x80:  # finish the character cut in two
+        end += 1
+    return len(encoded[:end].decode("utf-8", "surrogatepass")), end

@@ -8,27 +8,26 @@ registry across its cells, as nbclient does, so a later cell can update an earli
 
 from __future__ import annotations
 
-from typing import Any
-
-from nbformat import NotebookNode, from_dict
+from nbformat import NotebookNode
 
 
 class DisplayRegistry:
-    """Which output nodes show which display id; a pure object, updated in place."""
+    """Which output nodes show which display id; a pure object.
+
+    The collector replaces the data of the nodes (it counts their size against its budget); the
+    registry only says which nodes an update reaches.
+    """
 
     def __init__(self) -> None:
         self._nodes: dict[str, list[NotebookNode]] = {}
 
-    def show(self, display_id: str, node: NotebookNode) -> None:
-        """``node`` is a new output for ``display_id``: earlier ones take its data, then it joins."""
-        self.update(display_id, node.get("data", {}), node.get("metadata", {}))
-        self._nodes.setdefault(display_id, []).append(node)
+    def nodes(self, display_id: str) -> list[NotebookNode]:
+        """The outputs showing ``display_id`` now."""
+        return list(self._nodes.get(display_id, ()))
 
-    def update(self, display_id: str, data: dict[str, Any], metadata: dict[str, Any]) -> None:
-        """Give every output showing ``display_id`` this data and metadata."""
-        for node in self._nodes.get(display_id, ()):
-            node.data = from_dict(data)
-            node.metadata = from_dict(metadata)
+    def show(self, display_id: str, node: NotebookNode) -> None:
+        """``node`` is a new output for ``display_id``: later updates reach it."""
+        self._nodes.setdefault(display_id, []).append(node)
 
     def forget(self, display_id: str, node: NotebookNode) -> None:
         """``node`` was cleared or dropped: updates no longer reach it."""

@@ -104,7 +104,7 @@ class ExecutionResult:
     @cached_property
     def text(self) -> str:
         """What an agent reads: streams, results and plain tracebacks in arrival order."""
-        return "".join(_output_text(output) for output in self.outputs)
+        return "".join(output_text(output) for output in self.outputs)
 
     # AIDE's ExecutionResult fields, with AIDE's meanings.
 
@@ -172,7 +172,8 @@ class ExecutionResult:
         return lines
 
 
-def _output_text(output: NotebookNode) -> str:
+def output_text(output: NotebookNode) -> str:
+    """The part of an output an agent reads: ``result.text`` and the spill file are made of it."""
     kind = output.output_type
     if kind == "stream":
         return output.text
@@ -180,6 +181,6 @@ def _output_text(output: NotebookNode) -> str:
         text = plain_traceback(output.traceback) if output.traceback else f"{output.ename}: {output.evalue}"
         return text + "\n"
     if kind in ("execute_result", "display_data"):
-        plain = output.data.get("text/plain")
+        plain = output.get("data", {}).get("text/plain")
         return plain + "\n" if plain else ""
     return ""

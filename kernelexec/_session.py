@@ -9,6 +9,7 @@ through the shared event-loop thread, one line per method.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -363,19 +364,22 @@ class AsyncSession(_SessionBase):
         )
         call = self._state.call = _Call(collector)
         try:
-            outcome = await pump(kernel, collector, started + time_limit, self._options.input_handler)
-            if outcome is DEADLINE:
-                call.timed_out = True
-                grace_ends = time.monotonic() + self._options.interrupt_grace  # interrupting takes time too
-                await kernel.interrupt()
-                outcome = await pump(kernel, collector, grace_ends, self._options.input_handler)
-        except asyncio.CancelledError:
-            await asyncio.shield(_interrupt_quietly(kernel))
-            raise
+            try:
+                outcome = await pump(kernel, collector, started + time_limit, self._options.input_handler)
+                if outcome is DEADLINE:
+                    call.timed_out = True
+                    grace_ends = time.monotonic() + self._options.interrupt_grace  # interrupting takes time
+                    await kernel.interrupt()
+                    outcome = await pump(kernel, collector, grace_ends, self._options.input_handler)
+            except asyncio.CancelledError:
+                await asyncio.shield(_interrupt_quietly(kernel))
+                raise
+            finally:
+                self._state.call = None
+            restarted = outcome is not None and await self._replace_kernel()
+            return self._result(code, call, outcome, time.monotonic() - started, time_limit, restarted)
         finally:
-            self._state.call = None
-        restarted = outcome is not None and await self._replace_kernel()
-        return self._result(code, call, outcome, time.monotonic() - started, time_limit, restarted)
+            _discard_spill(collector)  # a call that ends without a result leaves no spill file
 
     def _spill_opener(self) -> Any:
         spill_dir = self._options.spill_dir
@@ -556,6 +560,17 @@ def _close_spill(collector: OutputCollector) -> str | None:
         return spill.name
     os.unlink(spill.name)
     return None
+
+
+def _discard_spill(collector: OutputCollector) -> None:
+    """Close and delete the call's spill file unless ``_close_spill`` handed it to a result."""
+    spill = collector.spill_file
+    if spill is None or spill.closed:
+        return
+    with contextlib.suppress(OSError):  # the error that ended the call may be a full disk
+        spill.close()
+    with contextlib.suppress(OSError):
+        os.unlink(spill.name)
 
 
 async def _interrupt_quietly(kernel: KernelBackend) -> None:

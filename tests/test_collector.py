@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import io
+import random
 
-from messages import PARENT, clear, display, error, execute_result, reply, status, stream, update_display
+import pytest
+from messages import (
+    PARENT, clear, display, error, execute_result, msg, reply, status, stream, update_display,
+)  # fmt: skip
 
-from kernelexec._collector import OutputCollector
+from kernelexec import _collector
+from kernelexec._collector import OutputCollector, truncation_marker
+from kernelexec._displays import DisplayRegistry
 
 
 def collector(max_output_bytes: int = 1_000_000, **kwargs) -> OutputCollector:
@@ -174,3 +180,149 @@ def test_a_failing_callback_does_not_lose_outputs(caplog):
     c.feed("iopub", stream("kept"))
     assert [o.text for o in c.outputs()] == ["kept"]
     assert "on_output callback raised" in caplog.text
+
+
+# Display updates count against the limit
+
+
+def kept_bytes(c: OutputCollector) -> int:
+    return sum(len(str(o.get("text", ""))) + len(str(o.get("data", ""))) for o in c.outputs())
+
+
+def test_a_display_update_too_big_for_the_limit_is_dropped_and_counted():
+    c = collector(max_output_bytes=1000)
+    c.feed("iopub", display({"text/plain": "0%"}, display_id="bar"))
+    c.feed("iopub", stream("after\n"))
+    c.feed("iopub", update_display({"text/plain": "A" * 5_000_000}, display_id="bar"))
+    assert c.truncated_bytes == 5_000_000
+    # the marker stands where the display was
+    assert [o.text for o in c.outputs()] == [truncation_marker(5_000_000), "after\n"]
+
+
+def test_a_display_update_in_the_tail_is_trimmed_like_a_display():
+    c = collector(max_output_bytes=1000)
+    c.feed("iopub", stream("h" * 500))
+    c.feed("iopub", display({"text/plain": "0%"}, display_id="bar"))
+    c.feed("iopub", update_display({"text/plain": "A" * 5_000_000}, display_id="bar"))
+    assert c.truncated_bytes == 5_000_000
+    assert kept_bytes(c) < 1000 + 100
+
+
+def test_a_repeated_display_id_does_not_smuggle_a_big_bundle_into_earlier_outputs():
+    c = collector(max_output_bytes=1000)
+    c.feed("iopub", display({"text/plain": "0%"}, display_id="bar"))
+    c.feed("iopub", display({"text/plain": "A" * 5_000_000}, display_id="bar"))
+    assert c.truncated_bytes == 10_000_000
+    assert kept_bytes(c) < 1000 + 100
+
+
+def test_an_update_too_big_for_the_call_leaves_an_earlier_calls_output_alone():
+    displays = DisplayRegistry()
+    first = collector(max_output_bytes=1000, displays=displays)
+    first.feed("iopub", display({"text/plain": "old"}, display_id="d"))
+    later = OutputCollector("request-2", max_output_bytes=1000, displays=displays)
+    big = {"data": {"text/plain": "A" * 5_000_000}, "metadata": {}, "transient": {"display_id": "d"}}
+    later.feed("iopub", msg("update_display_data", big, "request-2"))
+    assert first.outputs()[0].data["text/plain"] == "old"
+    assert later.truncated_bytes == 5_000_000
+
+
+def test_small_display_updates_cost_nothing():
+    c = collector(max_output_bytes=1000)
+    c.feed("iopub", display({"text/plain": "0%"}, display_id="bar"))
+    for i in range(1000):
+        c.feed("iopub", update_display({"text/plain": f"{i / 10}%"}, display_id="bar"))
+    assert c.truncated_bytes == 0
+    assert [o.data["text/plain"] for o in c.outputs()] == ["99.9%"]
+
+
+# Truncation of long streams: exact, and each message costs its own size
+
+
+def _fit(chars: list[tuple[str, str]], max_bytes: int) -> int:
+    """How many of ``chars`` fit in ``max_bytes`` bytes of UTF-8."""
+    used = 0
+    for count, (_, char) in enumerate(chars):
+        used += len(char.encode())
+        if used > max_bytes:
+            return count
+    return len(chars)
+
+
+def _streams(chars: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    merged: list[tuple[str, str]] = []
+    for name, char in chars:
+        if merged and merged[-1][0] == name:
+            merged[-1] = (name, merged[-1][1] + char)
+        else:
+            merged.append((name, char))
+    return merged
+
+
+@pytest.mark.parametrize(("seed", "max_output_bytes", "names"), [
+    (1, 4001, ["stdout"]), (2, 10_000, ["stdout"]), (3, 3000, ["stdout", "stderr"]), (4, 257, ["stdout", "stderr"]),
+])  # fmt: skip
+def test_truncation_is_exact_for_many_pieces_of_varied_sizes(seed, max_output_bytes, names):
+    rng = random.Random(seed)
+    alphabet = "ab\n" + "é€𝄞"  # one to four bytes a character
+    c = collector(max_output_bytes=max_output_bytes)
+    chars: list[tuple[str, str]] = []  # what was printed, a (stream, character) at a time
+    for _ in range(400):
+        name = rng.choice(names)
+        piece = "".join(rng.choice(alphabet) for _ in range(rng.choice([1, 2, 3, 50, 700, 5000])))
+        c.feed("iopub", stream(piece, name=name))
+        chars.extend((name, char) for char in piece)
+    head_limit = max_output_bytes // 2
+    head = chars[: _fit(chars, head_limit)]
+    rest = chars[len(head) :]
+    tail = rest[len(rest) - _fit(rest[::-1], max_output_bytes - head_limit) :]
+    dropped = sum(len(char.encode()) for _, char in rest[: len(rest) - len(tail)])
+    assert c.truncated_bytes == dropped > 0
+    expected = [*_streams(head), ("stdout", truncation_marker(dropped)), *_streams(tail)]
+    assert [(o.name, o.text) for o in c.outputs()] == expected
+
+
+def test_each_stream_message_is_measured_once_not_the_whole_tail(monkeypatch):
+    # The bytes of text the collector measures stand for its work: re-reading the tail on every
+    # message once truncation has started made a 1 GB print cost minutes of CPU.
+    measured = []
+    size = _collector._size
+    monkeypatch.setattr(_collector, "_size", lambda text: measured.append(len(text)) or size(text))
+    c = collector(max_output_bytes=1_000_000)
+    for _ in range(1000):
+        c.feed("iopub", stream("x" * 4096))
+    assert c.truncated_bytes == 1000 * 4096 - 1_000_000
+    assert sum(measured) <= 2 * 1000 * 4096
+
+
+# The spill file after clear_output, and what it records of an error
+
+
+def test_spill_file_after_clear_output_holds_only_what_is_visible():
+    spill = io.StringIO()
+    c = collector(max_output_bytes=100, open_spill=lambda: spill)
+    c.feed("iopub", stream("A" * 200))
+    c.feed("iopub", clear())
+    c.feed("iopub", stream("B" * 40))
+    c.feed("iopub", stream("C" * 200))
+    assert c.truncated_bytes == 140
+    assert spill.getvalue() == "B" * 40 + "C" * 200
+
+
+def test_spill_file_is_emptied_by_a_clear_that_ends_the_truncation():
+    spill = io.StringIO()
+    c = collector(max_output_bytes=100, open_spill=lambda: spill)
+    c.feed("iopub", stream("A" * 200))
+    c.feed("iopub", clear(wait=True))
+    assert spill.getvalue() == "A" * 200  # still shown until the next output
+    c.feed("iopub", stream("B" * 40))
+    assert c.truncated_bytes == 0 and spill.getvalue() == ""
+
+
+def test_spill_file_and_result_text_agree_on_an_error_without_traceback():
+    spill = io.StringIO()
+    c = collector(max_output_bytes=10, open_spill=lambda: spill)
+    c.feed("iopub", stream("x" * 20))
+    c.feed("iopub", msg("error", {"ename": "ValueError", "evalue": "bad", "traceback": []}))
+    assert spill.getvalue() == "x" * 20 + "ValueError: bad\n"
+    assert _collector.output_text(c.outputs()[-1]) == "ValueError: bad\n"

@@ -232,6 +232,23 @@ def test_untruncated_calls_leave_no_spill_file(tmp_path):
     assert r.output_path is None and list(tmp_path.iterdir()) == []
 
 
+def test_a_cancelled_call_that_truncated_leaves_no_spill_file(tmp_path):
+    async def main():
+        async with kx.AsyncSession(timeout=30, max_output_bytes=1000, spill_dir=tmp_path) as s:
+            code = "import time\nprint('x' * 50_000, flush=True)\ntime.sleep(30)"
+            call = asyncio.create_task(s.execute(code))
+            deadline = time.monotonic() + 20
+            while not any(tmp_path.iterdir()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert any(tmp_path.iterdir()), "the call never truncated its output"
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert list(tmp_path.iterdir()) == []  # and the leak check sees no open fd
+
+    asyncio.run(main())
+
+
 # Lifecycle and arguments
 
 
