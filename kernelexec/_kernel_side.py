@@ -171,15 +171,22 @@ def _wait_for_fd_output(shell, streams):
     ipykernel forwards such output (``os.write(1, ...)``, subprocesses, C libraries) from a pipe
     through a reader thread; when a cell ends right after writing, the reader may not have passed
     it on before the reply is sent, and the output would be reported after the call ended.
-    Before the cell's results go out, wait until the pipes are empty and let the reader run.
+    Before the cell's results go out, wait (at most a second) until each pipe is empty and its
+    reader is back in ``read()`` on it, which means it has handed on all it read.
     """
     import fcntl
+    import platform
     import struct
     import termios
     import time
 
-    pipes = [stream._fid for stream in streams if isinstance(getattr(stream, "_fid", None), int)]
-    if not pipes:
+    read_syscall = {"x86_64": "0", "aarch64": "63"}.get(platform.machine())
+    watched = []
+    for stream in streams:
+        fid, reader = getattr(stream, "_fid", None), getattr(stream, "watch_fd_thread", None)
+        if isinstance(fid, int) and reader is not None:
+            watched.append((fid, getattr(reader, "native_id", None)))
+    if not watched:
         return
 
     def pending(fid):
@@ -188,11 +195,23 @@ def _wait_for_fd_output(shell, streams):
         except OSError:
             return 0
 
+    def reading(fid, thread_id):
+        if read_syscall is None or thread_id is None:
+            return True  # cannot tell here: trust the empty pipe
+        try:
+            with open("/proc/self/task/%d/syscall" % thread_id) as syscall:
+                fields = syscall.read().split()
+        except OSError:
+            return True
+        return len(fields) > 1 and fields[0] == read_syscall and int(fields[1], 16) == fid
+
+    def settled():
+        return all(not pending(fid) and reading(fid, thread_id) for fid, thread_id in watched)
+
     def drain(*_):
         deadline = time.monotonic() + 1.0
-        while any(pending(fid) for fid in pipes) and time.monotonic() < deadline:
-            time.sleep(0.001)
-        time.sleep(0)  # the reader thread may hold bytes it has read but not yet written
+        while not settled() and time.monotonic() < deadline:
+            time.sleep(0.0005)
 
     shell.events.register("post_execute", drain)
 
