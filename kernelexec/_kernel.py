@@ -40,6 +40,9 @@ CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
 GRACEFUL_EXIT_SECONDS = 1.0
 # How long a SIGKILLed kernel may take to be gone (it is immediate unless the machine is swamped).
 KILL_WAIT_SECONDS = 5.0
+# The kernel's stderr file is emptied once it holds more than this (checked every N messages).
+STDERR_KEEP_BYTES = 1024 * 1024
+STDERR_CHECK_EVERY_MESSAGES = 256
 # Without a pidfd (non-Linux), how often to check whether the kernel process is alive.
 EXIT_CHECK_SECONDS = 0.1
 
@@ -129,6 +132,7 @@ class LocalKernel:
         self._closed = False
         self._watchdog: OwnerDeathWatchdog | None = None
         self._cgroup: PidsCgroup | None = None
+        self._received = 0
         self.info: dict[str, Any] = {}
 
     @property
@@ -185,6 +189,7 @@ class LocalKernel:
 
     def request(self, channel: str, msg_type: str, content: dict[str, Any], parent: Message | None = None) -> str:
         assert self._channels is not None
+        self._bound_stderr_file()
         return self._channels.send(channel, msg_type, content, parent)
 
     async def receive(self, timeout: float | None) -> tuple[str, Message] | None:
@@ -197,6 +202,9 @@ class LocalKernel:
                 raise KernelDied(KernelDeath(detail="the kernel was shut down"))
             item = channels.try_receive()
             if item is not None:
+                self._received += 1
+                if self._received % STDERR_CHECK_EVERY_MESSAGES == 0:
+                    self._bound_stderr_file()
                 return item
             if channels.any_ready():
                 continue
@@ -268,6 +276,18 @@ class LocalKernel:
         if code is not None and code < 0:
             return KernelDeath(signal_number=-code, detail=self.stderr_tail())
         return KernelDeath(exit_code=code, detail=self.stderr_tail())
+
+    def _bound_stderr_file(self) -> None:
+        """Keep the stderr file small: ipykernel copies everything written to fd 2 into it.
+
+        Emptying it while the kernel writes on leaves a sparse file: its size grows, its disk use
+        does not. What the kernel writes last (before it dies) is still at the end.
+        """
+        try:
+            if os.fstat(self._stderr_file.fileno()).st_blocks * 512 > STDERR_KEEP_BYTES:
+                os.ftruncate(self._stderr_file.fileno(), 0)
+        except (OSError, ValueError):
+            pass
 
     def stderr_tail(self, max_bytes: int = 2000) -> str:
         """The end of what the kernel process wrote to its stderr."""

@@ -349,3 +349,14 @@ def test_invalid_arguments_say_what_is_wrong(kwargs):
     (name,) = kwargs
     with pytest.raises(kx.InvalidArgument, match=name):
         kx.Session(**kwargs)
+
+
+def test_a_flood_on_file_descriptor_2_does_not_fill_the_disk():
+    """ipykernel copies fd 2 into the kernel's stderr file (a private, unlinked temporary file,
+    reached here through the session's internals): it must stay small however much is written."""
+    with kx.Session(timeout=3, env={"PYTEST_CURRENT_TEST": None}) as s:
+        r = Timed(s)("import subprocess\nsubprocess.run('yes 0123456789 >&2', shell=True)", bound=20)
+        assert r.status == "timeout" and r.truncated_bytes > 50_000_000
+        stderr_file = s._async._state.kernel._stderr_file
+        assert os.fstat(stderr_file.fileno()).st_blocks * 512 < 8 * MiB
+        still_works(s)
