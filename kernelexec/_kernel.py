@@ -182,7 +182,7 @@ class LocalKernel:
                     f"the {kernel_name!r} kernel died while starting: {error.death.describe()}."
                     f"{_format_detail(last_words)}"
                 ) from None
-            if isinstance(error, (OSError, subprocess.SubprocessError)):
+            if isinstance(error, (OSError, subprocess.SubprocessError, zmq.ZMQError)):
                 raise KernelStartError(f"could not launch the {kernel_name!r} kernel: {error}") from error
             raise
         return kernel

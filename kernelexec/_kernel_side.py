@@ -171,7 +171,7 @@ def _wait_for_fd_output(shell, streams):
     ipykernel forwards such output (``os.write(1, ...)``, subprocesses, C libraries) from a pipe
     through a reader thread; when a cell ends right after writing, the reader may not have passed
     it on before the reply is sent, and the output would be reported after the call ended.
-    Before the cell's results go out, wait (at most a second) until each pipe is empty and its
+    Before the cell's results go out, wait (at most a quarter second) until each pipe is empty and its
     reader is back in ``read()`` on it, which means it has handed on all it read.
     """
     import fcntl
@@ -209,7 +209,7 @@ def _wait_for_fd_output(shell, streams):
         return all(not pending(fid) and reading(fid, thread_id) for fid, thread_id in watched)
 
     def drain(*_):
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 0.25  # a writer that never stops must not slow every call
         while not settled() and time.monotonic() < deadline:
             time.sleep(0.0005)
 
@@ -247,8 +247,11 @@ def _flush_output_before_hard_exit():
     import time
 
     hard_exit = os._exit
+    kernel_pid = os.getpid()
 
     def exit_after_flushing(status):
+        if os.getpid() != kernel_pid:  # a forked child: its output is not ours to wait for
+            hard_exit(status)
         try:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -11,15 +11,18 @@ class OwnerDeathWatchdog:
 
     ipykernel's own parent poller is a thread in the kernel: it cannot run while the kernel is
     stuck in a long C call, and it leaves the kernel's child processes behind. The watchdog is a
-    tiny ``sh`` outside the kernel, reading a pipe whose write end only this process holds
-    (close-on-exec, so no other child inherits it). When this process exits, even by SIGKILL, the
-    read returns end-of-file and the watchdog kills the whole group (and everything in the
-    kernel's cgroup, if it has one) and removes the kernel's connection and socket files, which a
-    killed owner cannot.
+    tiny ``sh`` outside the kernel, reading a pipe whose write end this process holds
+    (close-on-exec, so no program it starts inherits it; a child that forks without exec, like
+    multiprocessing's fork start method, keeps it until that child exits). When this process
+    exits, even by SIGKILL, the read returns end-of-file and the watchdog kills the whole group
+    (and everything in the kernel's cgroup, if it has one) and removes the kernel's connection
+    and socket files, which a killed owner cannot. A normal shutdown writes a line first: the
+    watchdog then exits without touching anything (the group id may be reused by then).
     """
 
     SCRIPT = (
-        'read -r _; kill -9 -"$0" 2>/dev/null; rm -f "$@"; '  # dash's kill takes no --
+        'if read -r _; then exit 0; fi; '
+        'kill -9 -"$0" 2>/dev/null; rm -f "$@"; '  # dash's kill takes no --
         'if [ -n "$KERNELEXEC_CGROUP" ]; then for i in 1 2 3 4 5 6 7 8 9 10; do '
         '[ -d "$KERNELEXEC_CGROUP" ] || break; '
         'for p in $(cat "$KERNELEXEC_CGROUP/cgroup.procs" 2>/dev/null); do kill -9 "$p"; done; '
@@ -50,7 +53,11 @@ class OwnerDeathWatchdog:
         return cls(process, write_end)
 
     def stop(self) -> None:
-        """Release the watchdog (after the kernel is gone): it sees end-of-file and exits."""
+        """Release the watchdog (after the kernel is gone): it reads our line and exits."""
+        try:
+            os.write(self._write_end, b"stop\n")
+        except OSError:
+            pass  # it is gone already
         os.close(self._write_end)
         try:
             self._process.wait(timeout=5)
