@@ -15,6 +15,7 @@ from ._errors import (
     KernelStartError,
     SessionClosed,
     TooManySessions,
+    UnknownSession,
 )
 from ._manager import AsyncSessionManager, SessionInfo, SessionManager
 from ._notebook import async_run_notebook, run_notebook
@@ -43,6 +44,7 @@ __all__ = [
     "SessionManager",
     "SessionStats",
     "TooManySessions",
+    "UnknownSession",
     "__version__",
     "async_run_notebook",
     "run_notebook",

@@ -8,6 +8,7 @@ machinery or the caller's own request::
     ├── KernelStartError      the kernel could not be started (bad kernel name, never ready, bad cwd)
     ├── SessionClosed         the session (or manager) was shut down and cannot run code
     ├── TooManySessions       a SessionManager already holds max_sessions sessions
+    ├── UnknownSession        (also a KeyError) SessionManager.get() of an id it does not hold
     ├── ExecutionFailed       raise_for_error() on a result that is not ok
     │   └── CellExecutionError  a notebook cell failed during run_notebook
     └── (ValueError)          InvalidArgument: an option has a value that cannot work
@@ -41,6 +42,13 @@ class SessionClosed(KernelexecError):
 
 class TooManySessions(KernelexecError):
     """A SessionManager already holds its maximum number of sessions."""
+
+
+class UnknownSession(KernelexecError, KeyError):
+    """``SessionManager.get()`` was asked for a session id the manager does not hold."""
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
 class ExecutionFailed(KernelexecError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._collector import OutputCallback
-from ._errors import InvalidArgument, SessionClosed, TooManySessions
+from ._errors import InvalidArgument, SessionClosed, TooManySessions, UnknownSession
 from ._loop import LoopThread
 from ._options import SessionOptions
 from ._pool import KernelPool
@@ -20,6 +21,7 @@ from ._session import AsyncSession, Session, SessionStats
 
 T = TypeVar("T")
 log = logging.getLogger("kernelexec")
+_MANAGER_CLOSED = "this session manager was closed; create a new one"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class AsyncSessionManager:
         self.idle_timeout = idle_timeout
         self._pool = KernelPool(self.options, pool_size)
         self._sessions: dict[str, AsyncSession] = {}
+        self._starting: dict[str, asyncio.Task[AsyncSession]] = {}
+        # Activity the sessions' own last_used misses: a start ending, or a restart seen running.
+        self._last_active: dict[str, float] = {}
         self._culler: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -84,7 +89,11 @@ class AsyncSessionManager:
         return self
 
     async def session(self, session_id: str, **options: Any) -> AsyncSession:
-        """The running session called ``session_id``, created (and started) if needed."""
+        """The session called ``session_id``, created and started if needed.
+
+        An existing session comes back at once, even while it runs code, so that another task
+        can interrupt it; only a session still being created waits for its kernel.
+        """
         await self.start()
         session = self._sessions.get(session_id)
         if session is not None and not session.closed:
@@ -93,22 +102,34 @@ class AsyncSessionManager:
                     f"session {session_id!r} already exists; options apply only when a session is "
                     "created (close it first to recreate it with other options)"
                 )
-        else:
-            live = sum(not s.closed for s in self._sessions.values())
-            if live >= self.max_sessions:
-                raise TooManySessions(
-                    f"this manager already holds max_sessions={self.max_sessions} sessions; close "
-                    "some with close(session_id), or create the manager with a larger max_sessions"
-                )
-            session = self._new_session(self.options.with_changes(**options) if options else self.options)
-            self._sessions[session_id] = session
-        try:
-            await session.start()
-        except BaseException:
-            if self._sessions.get(session_id) is session and session.stats.kernel_id is None:
-                del self._sessions[session_id]
-            raise
+            starting = self._starting.get(session_id)
+            return session if starting is None else await asyncio.shield(starting)
+        session = self._create(session_id, options)
+        # One start per new session, shared by everyone who asks for it meanwhile.
+        starting = asyncio.create_task(self._start_new(session_id, session), name="kernelexec-session-start")
+        self._starting[session_id] = starting
+        starting.add_done_callback(functools.partial(self._start_done, session_id))
+        return await asyncio.shield(starting)
+
+    def get(self, session_id: str) -> AsyncSession:
+        """The existing session ``session_id``, at once: it never waits for code the session runs.
+
+        Raises ``UnknownSession`` (a ``KeyError``) if the manager holds no such session. Use it to
+        reach a session that may be busy, e.g. ``m.get("agent-42").interrupt()``.
+        """
+        self._raise_if_closed()
+        session = self._sessions.get(session_id)
+        if session is None or session.closed:
+            names = ", ".join(map(repr, list(self._sessions))) or "none"  # list(): one atomic copy
+            raise UnknownSession(
+                f"this manager holds no session {session_id!r} (sessions: {names}); "
+                "session(id) creates one"
+            )
         return session
+
+    async def interrupt(self, session_id: str) -> None:
+        """Interrupt the code running now in session ``session_id`` (see ``get``)."""
+        await self.get(session_id).interrupt()
 
     async def execute(
         self,
@@ -126,6 +147,7 @@ class AsyncSessionManager:
         """Close one session (no-op if unknown), or with no id the manager and everything in it."""
         if session_id is not None:
             session = self._sessions.pop(session_id, None)
+            self._last_active.pop(session_id, None)
             if session is not None:
                 await session.shutdown()
             return
@@ -135,9 +157,19 @@ class AsyncSessionManager:
         if self._culler is not None:
             self._culler.cancel()
             await asyncio.gather(self._culler, return_exceptions=True)
-        sessions, self._sessions = list(self._sessions.values()), {}
-        await asyncio.gather(*(session.shutdown() for session in sessions))
-        await self._pool.close()
+        sessions, self._sessions = self._sessions, {}
+        self._last_active.clear()
+        try:
+            # One session failing to shut down must not keep the others, or the pool, alive.
+            outcomes = await asyncio.gather(
+                *(session.shutdown() for session in sessions.values()), return_exceptions=True
+            )
+            for session_id, outcome in zip(sessions, outcomes):
+                if isinstance(outcome, BaseException):
+                    log.error("could not shut down session %r", session_id, exc_info=outcome)
+            await asyncio.gather(*self._starting.values(), return_exceptions=True)
+        finally:
+            await self._pool.close()
 
     def list(self) -> list[SessionInfo]:
         """Every session with its stats (created, last used, executions, timeouts, ...)."""
@@ -151,15 +183,42 @@ class AsyncSessionManager:
         """How many pre-started kernels are waiting in the pool now."""
         return self._pool.ready_count
 
-    def _new_session(self, options: SessionOptions) -> AsyncSession:
-        session = AsyncSession._from_options(options)
-        if self._pool.size and options.kernel_key() == self.options.kernel_key():
+    def _create(self, session_id: str, options: dict[str, Any]) -> AsyncSession:
+        live = sum(not s.closed for s in self._sessions.values())
+        if live >= self.max_sessions:
+            raise TooManySessions(
+                f"this manager already holds max_sessions={self.max_sessions} sessions; close "
+                "some with close(session_id), or create the manager with a larger max_sessions"
+            )
+        session_options = self.options.with_changes(**options) if options else self.options
+        session = AsyncSession._from_options(session_options)
+        if self._pool.size and session_options.kernel_key() == self.options.kernel_key():
             session._kernel_source = self._pool.take
+        self._sessions[session_id] = session
         return session
+
+    async def _start_new(self, session_id: str, session: AsyncSession) -> AsyncSession:
+        try:
+            await session.start()
+            if self._sessions.get(session_id) is session:
+                self._last_active[session_id] = time.time()  # idle from now, not from its creation
+            return session
+        except BaseException:
+            # A session that never started is not kept: the next session(id) tries afresh.
+            if self._sessions.get(session_id) is session:
+                del self._sessions[session_id]
+            await session.shutdown()  # closed, so whoever still holds it cannot start a kernel
+            raise
+
+    def _start_done(self, session_id: str, task: asyncio.Task[AsyncSession]) -> None:
+        if self._starting.get(session_id) is task:
+            del self._starting[session_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: the callers were told, or none is left to tell
 
     def _raise_if_closed(self) -> None:
         if self._closed:
-            raise SessionClosed("this session manager was closed; create a new one")
+            raise SessionClosed(_MANAGER_CLOSED)
 
     async def _cull_idle(self) -> None:
         """Shut down sessions idle past ``idle_timeout``; sleeps until the next one is due."""
@@ -168,15 +227,21 @@ class AsyncSessionManager:
             now = time.time()
             next_due = now + self.idle_timeout
             for session_id, session in list(self._sessions.items()):
-                stats = session.stats
-                if stats.status in ("busy", "starting"):
+                if self._sessions.get(session_id) is not session:
+                    continue  # closed or replaced while another was being closed
+                if _in_use(session):
+                    self._last_active[session_id] = time.time()
                     continue
-                due = stats.last_used + self.idle_timeout
-                if due <= now:
-                    log.info("closing session %r: idle for %.0f s", session_id, now - stats.last_used)
-                    await self.close(session_id)
-                else:
+                last_used = max(session.stats.last_used, self._last_active.get(session_id, 0.0))
+                due = last_used + self.idle_timeout
+                if due > now:
                     next_due = min(next_due, due)
+                    continue
+                log.info("closing session %r: idle for %.0f s", session_id, now - last_used)
+                try:
+                    await self.close(session_id)
+                except Exception:  # one bad shutdown must not end culling for good
+                    log.exception("could not close idle session %r", session_id)
             await asyncio.sleep(max(next_due - time.time(), 0.01))
 
 
@@ -201,7 +266,9 @@ class SessionManager:
             pool_size=pool_size, max_sessions=max_sessions, idle_timeout=idle_timeout, **session_options
         )
         self._lock = threading.Lock()
-        self._loop_thread: LoopThread | None = None
+        self._loop_thread: LoopThread | None = None  # held from the first call until close
+        self._calls_in_flight = 0
+        self._closed = False
         self._faces: dict[str, Session] = {}
 
     def __enter__(self) -> SessionManager:
@@ -225,14 +292,28 @@ class SessionManager:
         return self
 
     def session(self, session_id: str, **options: Any) -> Session:
-        """The running session called ``session_id``, created (and started) if needed."""
+        """The session called ``session_id``, created and started if needed.
+
+        An existing session comes back at once, even while another thread runs code in it.
+        """
         async_session = self._call(self._async.session(session_id, **options))
         with self._lock:
-            face = self._faces.get(session_id)
-            if face is None or face._async is not async_session:
-                assert self._loop_thread is not None
-                face = self._faces[session_id] = Session._attached(async_session, self._loop_thread)
-            return face
+            return self._face(session_id, async_session)
+
+    def get(self, session_id: str) -> Session:
+        """The existing session ``session_id``, at once: it never waits for code the session runs.
+
+        Raises ``UnknownSession`` (a ``KeyError``) if the manager holds no such session.
+
+        >>> m.get("agent-42").interrupt()   # from another thread, while agent-42 is stuck
+        """
+        with self._lock:
+            self._raise_if_closed()
+            return self._face(session_id, self._async.get(session_id))
+
+    def interrupt(self, session_id: str) -> None:
+        """Interrupt the code running now in session ``session_id`` (see ``get``)."""
+        self.get(session_id).interrupt()
 
     def execute(
         self,
@@ -253,15 +334,19 @@ class SessionManager:
                 self._faces.pop(session_id, None)
             return
         with self._lock:
-            loop_thread, self._loop_thread = self._loop_thread, None
+            if self._closed:
+                return
+            self._closed = True
             self._faces.clear()
-        if loop_thread is None:
-            self._async._closed = True
-            return
+            loop_thread = self._loop_thread
+            if loop_thread is None:
+                self._async._closed = True
+                return
+            self._calls_in_flight += 1
         try:
             loop_thread.run(self._async.close())
         finally:
-            loop_thread.release()
+            self._leave(loop_thread)
 
     def list(self) -> list[SessionInfo]:
         """Every session with its stats (created, last used, executions, timeouts, ...)."""
@@ -269,13 +354,48 @@ class SessionManager:
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         with self._lock:
+            if self._closed:
+                coroutine.close()
+                self._raise_if_closed()
             if self._loop_thread is None:
-                if self._async._closed:
-                    coroutine.close()
-                    self._async._raise_if_closed()
                 self._loop_thread = LoopThread.acquire()
             loop_thread = self._loop_thread
-        return loop_thread.run(coroutine)
+            self._calls_in_flight += 1
+        try:
+            return loop_thread.run(coroutine)
+        finally:
+            self._leave(loop_thread)
+
+    def _leave(self, loop_thread: LoopThread) -> None:
+        """End one call; the last one out after ``close()`` gives up the loop thread."""
+        with self._lock:
+            self._calls_in_flight -= 1
+            if not self._closed or self._calls_in_flight or self._loop_thread is not loop_thread:
+                return
+            self._loop_thread = None
+        loop_thread.release()
+
+    def _face(self, session_id: str, session: AsyncSession) -> Session:
+        """The sync face of ``session``, made once; call with ``self._lock`` held."""
+        self._raise_if_closed()
+        face = self._faces.get(session_id)
+        if face is None or face._async is not session:
+            assert self._loop_thread is not None  # held from the first call until close
+            face = self._faces[session_id] = Session._attached(session, self._loop_thread)
+        return face
+
+    def _raise_if_closed(self) -> None:
+        if self._closed:
+            raise SessionClosed(_MANAGER_CLOSED)
+
+
+def _in_use(session: AsyncSession) -> bool:
+    """Whether a call, start or restart holds the session now (or waits for it).
+
+    ``stats.status`` says "busy" only while code runs; the session's lock is also held while a
+    kernel starts or is replaced after a timeout or a death, when no call is in flight.
+    """
+    return session.stats.status in ("busy", "starting") or session._lock.locked()
 
 
 async def _as_coroutine(function: Any) -> Any:

@@ -48,9 +48,7 @@ class KernelPool:
                     return kernel
                 await kernel.shutdown(graceful=False)  # died while waiting in the pool
             if self._starting:
-                task = self._starting.popleft()
-                task.remove_done_callback(self._on_started)
-                return await task
+                return await self._starting.popleft()  # claimed: _on_started leaves it alone
             return await launch_kernel(self.options)
         finally:
             self.fill()
@@ -59,19 +57,22 @@ class KernelPool:
         """Stop background starts and shut down every kernel still in the pool."""
         self._closed = True
         starting, self._starting = list(self._starting), deque()
-        for task in starting:
-            task.remove_done_callback(self._on_started)
-            task.cancel()
-        for task in starting:
-            try:
-                kernel = await task
-            except (asyncio.CancelledError, Exception):
-                continue
-            await kernel.shutdown(graceful=False)
         ready, self._ready = list(self._ready), deque()
-        await asyncio.gather(*(kernel.shutdown(graceful=False) for kernel in ready))
+        for task in starting:
+            task.cancel()
+        await _shutdown_all(ready)
+        if starting:
+            # wait() neither raises the tasks' errors nor cancels them again: a CancelledError
+            # here is close()'s own, and goes on to the caller.
+            await asyncio.wait(starting)
+        # Those that started before the cancel reached them.
+        await _shutdown_all([t.result() for t in starting if not t.cancelled() and t.exception() is None])
 
     def _on_started(self, task: asyncio.Task[KernelBackend]) -> None:
+        # A task claimed by take() or close() is theirs, even if it finished before they claimed
+        # it (remove_done_callback cannot stop a callback already scheduled).
+        if task not in self._starting:
+            return
         self._starting.remove(task)
         if task.cancelled():
             return
@@ -81,3 +82,13 @@ class KernelPool:
             log.warning("a pooled kernel failed to start: %s", error)
             return
         self._ready.append(task.result())
+
+
+async def _shutdown_all(kernels: list[KernelBackend]) -> None:
+    """Kill every kernel; one that fails to go is logged and does not keep the others alive."""
+    outcomes = await asyncio.gather(
+        *(kernel.shutdown(graceful=False) for kernel in kernels), return_exceptions=True
+    )
+    for kernel, outcome in zip(kernels, outcomes):
+        if isinstance(outcome, Exception):
+            log.error("could not shut down pooled kernel %s", kernel.kernel_id, exc_info=outcome)

@@ -137,3 +137,130 @@ def test_async_session_manager():
 
     results, ids = asyncio.run(main())
     assert results == ["6", "4", "2"] and sorted(ids) == ["a", "b", "c"]
+
+
+def test_a_session_running_code_can_be_reached_and_interrupted_from_another_thread():
+    with kx.SessionManager(pool_size=1) as m:
+        m.session("a")
+        results: list[kx.ExecutionResult] = []
+
+        def run_stuck_code() -> threading.Thread:
+            running = threading.Event()  # the kernel ignores SIGINT until the code runs
+            code = "print('running', flush=True)\nwhile True: pass"
+            def run() -> None:
+                results.append(m.execute("a", code, timeout=30, on_output=lambda _: running.set()))
+
+            runner = threading.Thread(target=run)
+            runner.start()
+            assert running.wait(timeout=30)
+            return runner
+
+        runner = run_stuck_code()
+        started = time.monotonic()
+        assert m.session("a") is m.get("a")  # neither waits for the call
+        m.get("a").interrupt()
+        runner.join(timeout=10)
+        assert time.monotonic() - started < 2
+        assert results[0].status == "interrupted"
+        runner = run_stuck_code()
+        m.interrupt("a")  # the same, in one call
+        runner.join(timeout=10)
+        assert results[1].status == "interrupted" and not runner.is_alive()
+
+
+def test_get_of_an_unknown_session_raises_unknown_session():
+    with kx.SessionManager(pool_size=0) as m:
+        with pytest.raises(kx.UnknownSession, match=r"no session 'ghost' \(sessions: none\)") as raised:
+            m.get("ghost")
+        assert isinstance(raised.value, KeyError)
+        m.session("a")
+        m.close("a")
+        with pytest.raises(KeyError):
+            m.get("a")
+    with pytest.raises(kx.SessionClosed):
+        m.get("a")
+
+
+def test_the_culler_goes_on_after_a_session_fails_to_close(caplog):
+    """One session's shutdown is monkeypatched to shut down and then raise."""
+
+    async def main() -> None:
+        async with kx.AsyncSessionManager(pool_size=0, idle_timeout=1) as m:
+            bad, good = await m.session("bad"), await m.session("good")
+            real_shutdown = bad.shutdown
+
+            async def failing_shutdown() -> None:
+                await real_shutdown()
+                raise RuntimeError("shutdown failed")
+
+            bad.shutdown = failing_shutdown  # type: ignore[method-assign]
+            deadline = time.monotonic() + 15
+            while m.list():
+                assert time.monotonic() < deadline, "the culler stopped"
+                await asyncio.sleep(0.05)
+            assert good.closed
+            await m.session("later")  # and it still culls later sessions
+            while m.list():
+                assert time.monotonic() < deadline, "the culler stopped"
+                await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert "could not close idle session 'bad'" in caplog.text
+
+
+def test_closing_the_manager_goes_on_after_a_session_fails_to_shut_down(caplog):
+    """One session's shutdown is monkeypatched to shut down and then raise; the other sessions
+    and the pool's kernels must still go (the leak check fails the test otherwise)."""
+
+    async def main() -> None:
+        m = await kx.AsyncSessionManager(pool_size=2, idle_timeout=None).start()
+        bad = await m.session("bad")
+        await m.session("good")
+        real_shutdown = bad.shutdown
+
+        async def failing_shutdown() -> None:
+            await real_shutdown()
+            raise RuntimeError("shutdown failed")
+
+        bad.shutdown = failing_shutdown  # type: ignore[method-assign]
+        await m.close()
+        assert m.pool_ready == 0
+
+    asyncio.run(main())
+    assert "could not shut down session 'bad'" in caplog.text
+
+
+def test_the_culler_never_closes_a_session_while_its_kernel_restarts():
+    # Each kernel start takes over idle_timeout: a restart is long enough for the culler to wake.
+    with kx.SessionManager(pool_size=0, idle_timeout=3, startup_code="import time; time.sleep(3.5)") as m:
+        s = m.session("a")
+        assert s.execute("1").ok
+        s.restart()
+        assert not s.closed and s.execute("1").ok
+
+
+def test_a_manager_closed_by_another_thread_refuses_work_with_session_closed():
+    m = kx.SessionManager(pool_size=0).start()
+    m.session("a")
+    errors: list[BaseException] = []
+
+    def agent() -> None:
+        for _ in range(50):
+            try:
+                m.session("a")
+                m.list()
+            except kx.SessionClosed:
+                return
+            except BaseException as error:  # surfaced below
+                errors.append(error)
+                return
+
+    threads = [threading.Thread(target=agent) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    m.close()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with pytest.raises(kx.SessionClosed, match="manager was closed"):
+        m.list()

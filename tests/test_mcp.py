@@ -138,6 +138,44 @@ def test_sessions_are_separate_and_can_be_listed_restarted_and_closed():
     assert seen["after close"] == ["a"]
 
 
+def test_a_stuck_session_can_be_restarted_and_closed_at_once():
+    async def start_stuck_call(client: Client) -> asyncio.Task[tuple[bool, str]]:
+        call = asyncio.create_task(execute(client, "stuck", "while True: pass", timeout=60))
+        while True:
+            listed = await client.call_tool("list_sessions", {})
+            if any(s["status"] == "busy" for s in listed.structured_content["sessions"]):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1)  # the kernel ignores SIGINT until the code runs
+        return call
+
+    async def timed(client: Client, tool: str) -> tuple[float, str]:
+        started = time.monotonic()
+        result = await client.call_tool(tool, {"session": "stuck"})
+        assert not result.is_error, result.content[0].text
+        return time.monotonic() - started, result.content[0].text
+
+    async def scenario(client: Client) -> dict[str, Any]:
+        await execute(client, "stuck", "x = 1")
+        call = await start_stuck_call(client)
+        restart = await timed(client, "restart_session")
+        interrupted = await call
+        fresh = await execute(client, "stuck", "'x' in globals()")
+        call = await start_stuck_call(client)
+        close = await timed(client, "close_session")
+        closed = await call
+        return {
+            "restart": restart, "interrupted": interrupted, "fresh": fresh, "close": close, "closed": closed
+        }  # fmt: skip
+
+    seen = with_server(scenario)
+    assert seen["restart"][0] < 10 and "restarted" in seen["restart"][1]
+    assert "KeyboardInterrupt" in seen["interrupted"][1]
+    assert seen["fresh"][1].startswith("False\n")
+    assert seen["close"][0] < 10 and "closed" in seen["close"][1]
+    assert seen["closed"][0] is False
+
+
 def test_misuse_becomes_tool_errors_with_clear_messages():
     async def scenario(client: Client) -> dict[str, tuple[bool, str]]:
         async def call(tool: str, **arguments: Any) -> tuple[bool, str]:

@@ -33,7 +33,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ImageContent, TextContent
 from pydantic import Field
 
-from .._errors import KernelexecError
+from .._errors import KernelexecError, UnknownSession
 from .._manager import AsyncSessionManager
 from .._result import ExecutionResult
 from .._session import AsyncSession
@@ -118,17 +118,19 @@ class KernelTools:
         }
 
     async def restart_session(self, session: str) -> str:
-        live = await self._existing(session)
+        live = self._existing(session)
+        # restart() waits for the call in flight: stop it first, so a stuck session restarts now.
+        await live.interrupt()
         await _call(live.restart())
         return f"Session {session!r} restarted: it runs a fresh kernel, all variables are gone."
 
     async def close_session(self, session: str) -> str:
-        await self._existing(session)
-        await self.manager.close(session)
+        self._existing(session)
+        await self.manager.close(session)  # a call in flight ends at once, with status "died"
         return f"Session {session!r} closed; executing in it again starts a new, empty session."
 
     async def export_notebook(self, session: str, path: str) -> str:
-        live = await self._existing(session)
+        live = self._existing(session)
         target = os.path.join(self._session_dir(session), os.path.expanduser(path))
         if not os.path.isdir(os.path.dirname(target) or "."):
             raise ToolError(f"cannot write {target!r}: its directory does not exist")
@@ -142,27 +144,44 @@ class KernelTools:
 
     async def _get_or_create(self, session: str) -> AsyncSession:
         _check_name(session)
+        if self._known(session):
+            return await _call(self.manager.session(session))
+        # Two first calls to one new session must create it once. The lock matters only while
+        # the session does not exist, so it is dropped after each creation, not kept per name:
+        # a caller still waiting for it finds the session created and just gets it.
         lock = self._creating.setdefault(session, asyncio.Lock())
-        async with lock:  # two first calls to one new session must create it once
-            if self._known(session):
-                return await _call(self.manager.session(session))
-            options: dict[str, Any] = {}
-            if self.settings.session_dirs:
-                os.makedirs(self._session_dir(session), exist_ok=True)
-                options["cwd"] = self._session_dir(session)
-            return await _call(self.manager.session(session, **options))
+        try:
+            async with lock:
+                if self._known(session):
+                    return await _call(self.manager.session(session))
+                options: dict[str, Any] = {}
+                if self.settings.session_dirs:
+                    os.makedirs(self._session_dir(session), exist_ok=True)
+                    options["cwd"] = self._session_dir(session)
+                return await _call(self.manager.session(session, **options))
+        finally:
+            if self._creating.get(session) is lock:
+                del self._creating[session]
 
-    async def _existing(self, session: str) -> AsyncSession:
+    def _existing(self, session: str) -> AsyncSession:
+        """The session, at once, even while it runs code (so that it can be stopped)."""
         _check_name(session)
-        if not self._known(session):
+        try:
+            return self.manager.get(session)
+        except UnknownSession:
             names = ", ".join(repr(info.id) for info in self.manager.list()) or "none"
             raise ToolError(
                 f"there is no session named {session!r} (sessions: {names}); `execute` creates one"
-            )
-        return await _call(self.manager.session(session))
+            ) from None
+        except KernelexecError as error:  # the server is shutting down
+            raise ToolError(str(error)) from error
 
     def _known(self, session: str) -> bool:
-        return any(info.id == session for info in self.manager.list())
+        try:
+            self.manager.get(session)
+        except KernelexecError:  # unknown, or the manager closed (session() then says so)
+            return False
+        return True
 
     def _session_dir(self, session: str) -> str:
         root = os.path.abspath(self.settings.root)
