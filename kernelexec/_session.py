@@ -267,12 +267,20 @@ class AsyncSession(_SessionBase):
     async def restart(self) -> None:
         """Replace the kernel with a fresh one; all state in the kernel is lost.
 
+        A call running meanwhile (in another thread or task) ends at once with status ``died``.
         Raises ``KernelStartError`` if no new kernel could be started (the next call tries again).
         """
+        state = self._state
+        self._raise_if_closed()
+        busy_kernel = state.kernel if state.call is not None else None
+        if busy_kernel is not None:  # code that ignores interrupts must not hold the restart up
+            await busy_kernel.shutdown(graceful=False)
         async with self._lock:
             self._raise_if_closed()
-            await self._replace_kernel(graceful=True, raise_start_error=True)
-            self._state.counts["restarts"] += 1
+            if busy_kernel is None or state.kernel is busy_kernel or state.kernel is None:
+                await self._replace_kernel(graceful=busy_kernel is None, raise_start_error=True)
+                state.counts["restarts"] += 1
+            # else the call we ended has replaced the kernel (and counted the restart)
 
     async def shutdown(self) -> None:
         """Stop the kernel and release everything; a call in flight ends with status ``died``."""

@@ -170,3 +170,19 @@ def test_restart_raises_when_no_new_kernel_can_start(tmp_path, monkeypatch):
         assert s.stats.restarts == 0
         flag.unlink()
         assert s.execute("2 + 2").result == "4"  # the next call starts a kernel again
+
+
+def test_restart_from_another_thread_ends_a_call_that_ignores_interrupts():
+    with kx.Session(timeout=120) as s:
+        results: list[kx.ExecutionResult] = []
+        code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(100)"
+        worker = threading.Thread(target=lambda: results.append(s.execute(code)))
+        worker.start()
+        time.sleep(1)
+        started = time.monotonic()
+        s.restart()
+        assert time.monotonic() - started < 15
+        worker.join(10)
+        assert results and results[0].status == "died"
+        assert s.execute("1 + 1").result == "2"
+        assert s.stats.restarts == 1
