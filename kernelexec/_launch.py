@@ -66,6 +66,19 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions) -> None
             " {'__name__': '__kernelexec__'})"
         )
         await run_private(kernel, code, options, "kernelexec's in-kernel setup")
+    else:
+        unenforced = [
+            name for name, needed in (
+                ("memory_limit", options.memory_limit is not None),
+                ("max_processes", getattr(kernel, "needs_nproc_limit", False)),
+            ) if needed
+        ]  # fmt: skip
+        if unenforced:
+            language = kernel.info.get("language_info", {}).get("name", "unknown")
+            raise KernelStartError(
+                f"{' and '.join(unenforced)} cannot be enforced in a {language!r} kernel (kernelexec "
+                "applies it from inside Python kernels); leave it unset for this kernel"
+            )
     if options.startup_code:
         await run_private(kernel, options.startup_code, options, "startup_code")
 
