@@ -10,10 +10,9 @@ from typing import Any
 from ._errors import CellExecutionError
 from ._notebook import run_notebook
 from ._parameters import parse_cli_value
+from ._result import EXIT_STATUS
 
 # Exit statuses by the failing cell's status, as `kernelexec exec` reports a call's.
-EXIT_STATUS = {"error": 1, "interrupted": 130, "timeout": 124, "died": 137}
-
 
 def add_run_command(commands: Any) -> None:
     """Add the ``run`` subcommand to the CLI's subparsers."""

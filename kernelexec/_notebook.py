@@ -20,7 +20,7 @@ from nbformat import NotebookNode
 
 from ._displays import DisplayRegistry
 from ._errors import CellExecutionError, InvalidArgument
-from ._parameters import inject_parameters
+from ._parameters import cell_tags, inject_parameters
 from ._progress import Progress, make_progress
 from ._record import cell_outputs, write_notebook
 from ._session import AsyncSession, Session
@@ -51,7 +51,7 @@ class _Plan:
         return [
             index
             for index, cell in enumerate(self.nb.cells)
-            if cell.cell_type == "code" and cell.source.strip() and SKIP_TAG not in _tags(cell)
+            if cell.cell_type == "code" and cell.source.strip() and SKIP_TAG not in cell_tags(cell)
         ]
 
 
@@ -150,7 +150,7 @@ async def _run_cell(session: AsyncSession, plan: _Plan, index: int, number: int,
     cell.outputs = cell_outputs(result)
     cell.metadata["execution"] = dict(result.timing)
     progress.cell_finished(index, result)
-    if not result.ok and not plan.allow_errors and RAISES_TAG not in _tags(cell):
+    if not result.ok and not plan.allow_errors and RAISES_TAG not in cell_tags(cell):
         raise CellExecutionError(result, index)
 
 
@@ -164,11 +164,18 @@ def _plan(
     cwd: str | os.PathLike[str] | None,
 ) -> _Plan:
     nb, folder, name = _read(nb_or_path)
+    if output_path is not None:  # a bad path must fail before the cells run, not after
+        where = os.path.dirname(os.path.abspath(os.fspath(output_path)))
+        if not os.path.isdir(where) or not os.access(where, os.W_OK):
+            raise InvalidArgument(
+                f"cannot write output_path {os.fspath(output_path)!r}: {where!r} is not a writable "
+                "directory"
+            )
     if parameters:
         _check_python(nb, kernel_name)
         inject_parameters(nb, parameters)
     for cell in nb.cells:  # outputs from an earlier run must not pass for this run's
-        if cell.cell_type == "code" and SKIP_TAG not in _tags(cell):
+        if cell.cell_type == "code" and SKIP_TAG not in cell_tags(cell):
             cell.outputs, cell.execution_count = [], None
     spec_name = nb.metadata.get("kernelspec", {}).get("name")
     return _Plan(
@@ -209,6 +216,3 @@ def _check_python(nb: NotebookNode, kernel_name: str | None) -> None:
             f"parameters can be injected into Python notebooks only; this one is {language!r}"
         )
 
-
-def _tags(cell: NotebookNode) -> list[str]:
-    return list(cell.get("metadata", {}).get("tags", []))

@@ -23,8 +23,8 @@ INJECTED_TAG = "injected-parameters"
 def inject_parameters(nb: NotebookNode, parameters: Mapping[str, Any]) -> None:
     """Insert (or replace) the injected-parameters cell of ``nb``, in place."""
     source = python_assignments(parameters)
-    cells = [cell for cell in nb.cells if INJECTED_TAG not in _tags(cell)]
-    at = next((i + 1 for i, cell in enumerate(cells) if PARAMETERS_TAG in _tags(cell)), 0)
+    cells = [cell for cell in nb.cells if INJECTED_TAG not in cell_tags(cell)]
+    at = next((i + 1 for i, cell in enumerate(cells) if PARAMETERS_TAG in cell_tags(cell)), 0)
     cell = nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED_TAG]})
     if nb.get("nbformat_minor", 0) < 5:
         del cell["id"]  # cell ids exist from nbformat 4.5 on; older notebooks must not have them
@@ -74,5 +74,5 @@ def _python_literal(name: str, value: Any) -> str:
     )
 
 
-def _tags(cell: NotebookNode) -> list[str]:
+def cell_tags(cell: NotebookNode) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []))

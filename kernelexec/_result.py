@@ -14,6 +14,9 @@ from ._traceback import Frame, plain_traceback
 
 Status = Literal["ok", "error", "timeout", "interrupted", "died"]
 
+# The command line's exit code for each status (124 and 137 as timeout(1) and a SIGKILL give).
+EXIT_STATUS: dict[str, int] = {"ok": 0, "error": 1, "interrupted": 130, "timeout": 124, "died": 137}
+
 
 @dataclass(frozen=True)
 class ErrorInfo:

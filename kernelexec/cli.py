@@ -9,12 +9,10 @@ from typing import Any
 
 from ._cli_run import add_run_command
 from ._errors import KernelexecError
-from ._result import ExecutionResult
+from ._result import EXIT_STATUS, ExecutionResult
 from ._session import Session
 
 # Exit statuses of `kernelexec exec`, as timeout(1) and a SIGKILLed process report them.
-EXIT_STATUS = {"ok": 0, "error": 1, "interrupted": 130, "timeout": 124, "died": 137}
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()

@@ -139,3 +139,11 @@ def test_async_run_notebook_runs_the_same_way():
 def test_a_missing_notebook_is_an_invalid_argument(tmp_path):
     with pytest.raises(kx.InvalidArgument, match="does not exist"):
         kx.run_notebook(tmp_path / "missing.ipynb")
+
+
+def test_an_unwritable_output_path_fails_before_any_cell_runs(tmp_path):
+    marker = tmp_path / "ran"
+    nb = notebook(f"open({str(marker)!r}, 'w').close()")
+    with pytest.raises(kx.InvalidArgument, match="output_path"):
+        kx.run_notebook(nb, output_path=tmp_path / "missing" / "out.ipynb")
+    assert not marker.exists()
