@@ -14,7 +14,6 @@ import argparse
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import kernelexec as kx
+from _timing import ms, time_calls
 from kernelexec import _gateway_wire
 
 TOKEN = "benchmark-token"
@@ -66,17 +66,6 @@ def kernel_gateway() -> Iterator[str]:
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
-def time_calls(run: Callable[[], object], calls: int) -> list[float]:
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - started)
-    return samples
-
-
-def ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000
 
 
 def round_trips(url: str, calls: int, rounds: int) -> dict[str, list[float]]:

@@ -10,27 +10,19 @@ how long control takes to come back from a hung call under the timeout ladder.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import time
 
 from jupyter_client.manager import KernelManager
 
 import kernelexec as kx
+from _timing import ms, time_calls
 
 STATEMENT = "x = x + 1"
 SIGINT_PROOF_LOOP = (
     "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass\n"
 )
 
-
-def time_calls(run, calls: int) -> list[float]:
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
 def latency(calls: int, rounds: int) -> None:
@@ -61,8 +53,8 @@ def latency(calls: int, rounds: int) -> None:
     client.stop_channels()
     manager.shutdown_kernel(now=True)
 
-    raw_ms = statistics.median(raw_samples) * 1000
-    kx_ms = statistics.median(kx_samples) * 1000
+    raw_ms = ms(raw_samples)
+    kx_ms = ms(kx_samples)
     print(f"trivial statement {STATEMENT!r}, {len(kx_samples)} calls each, median:")
     print(f"  raw jupyter_client execute_interactive  {raw_ms:7.2f} ms")
     print(f"  kernelexec Session.execute              {kx_ms:7.2f} ms")

@@ -13,7 +13,6 @@ import resource
 import subprocess
 import sys
 import textwrap
-import time
 
 
 def peak_rss_mb() -> float:
