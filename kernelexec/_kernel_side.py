@@ -154,6 +154,8 @@ def _unbounded_event_pipe(pub_thread):
 
     local = pub_thread._local
     old = getattr(local, "event_pipe", None)
+    if old is not None and old.sndhwm == 0:
+        return  # done already (stdout and stderr share the thread)
     pipe = pub_thread.socket.context.socket(zmq.PUSH)
     pipe.linger = 0
     pipe.sndhwm = 0  # an inproc pipe is unbounded when either side's high-water mark is 0
@@ -171,8 +173,8 @@ def _wait_for_fd_output(shell, streams):
     ipykernel forwards such output (``os.write(1, ...)``, subprocesses, C libraries) from a pipe
     through a reader thread; when a cell ends right after writing, the reader may not have passed
     it on before the reply is sent, and the output would be reported after the call ended.
-    Before the cell's results go out, wait (at most a quarter second) until each pipe is empty and its
-    reader is back in ``read()`` on it, which means it has handed on all it read.
+    Before the cell's results go out, wait (at most a quarter second) until each pipe is empty
+    and its reader is back in ``read()`` on it, which means it has handed on all it read.
     """
     import fcntl
     import platform
