@@ -9,14 +9,10 @@ next to the same print through raw jupyter_client, which holds the whole text.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import textwrap
 
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 CHILD = textwrap.dedent(

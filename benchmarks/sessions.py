@@ -7,7 +7,6 @@ Run: python benchmarks/sessions.py
 from __future__ import annotations
 
 import asyncio
-import statistics
 import subprocess
 import threading
 import time
@@ -15,6 +14,7 @@ import time
 from jupyter_client.manager import AsyncKernelManager, KernelManager
 
 import kernelexec as kx
+from _timing import ms
 
 SESSIONS, CALLS = 8, 200
 HUNG = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass\n"
@@ -43,7 +43,7 @@ def acquisition() -> None:
             m.session(f"s{i}")
             pooled.append(time.perf_counter() - started)
             m.close(f"s{i}")
-    cold_ms, pooled_ms = statistics.median(cold) * 1000, statistics.median(pooled) * 1000
+    cold_ms, pooled_ms = ms(cold), ms(pooled)
     print(f"session acquisition, median: warm pool {pooled_ms:.1f} ms vs cold start {cold_ms:.0f} ms "
           f"({cold_ms / pooled_ms:.0f}x faster; target < 20 ms from the pool)")
 
@@ -158,8 +158,8 @@ def recovery() -> None:
             assert result.status == "died" and m.execute("a", "1").ok
             death.append(time.perf_counter() - started)
     print(f"recovery with a pooled kernel ready, median of 5: timeout escalation answered again "
-          f"{statistics.median(escalation) * 1000:.0f} ms beyond timeout+grace; kernel death answered "
-          f"again {statistics.median(death) * 1000:.0f} ms after the call began (target < 100 ms)")
+          f"{ms(escalation):.0f} ms beyond timeout+grace; kernel death answered "
+          f"again {ms(death):.0f} ms after the call began (target < 100 ms)")
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from ._notebook import run_notebook
 from ._parameters import parse_cli_value
 from ._result import EXIT_STATUS
 
-# Exit statuses by the failing cell's status, as `kernelexec exec` reports a call's.
 
 def add_run_command(commands: Any) -> None:
     """Add the ``run`` subcommand to the CLI's subparsers."""

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._collector import OUTPUT_DROPPED
 from ._errors import KernelStartError
-from ._gateway_wire import ConnectionLost, GatewayConfig, GatewayError, GatewayREST, KernelWebSocket, Message
+from ._gateway_wire import (
+    REQUEST_TIMEOUT, ConnectionLost, GatewayConfig, GatewayError, GatewayREST, KernelWebSocket, Message,
+)  # fmt: skip
 from ._kernel import KernelDeath, KernelDied, wait_until_ready
 
 if TYPE_CHECKING:
@@ -46,8 +48,6 @@ _RATE_LIMIT_NOTICES = ("IOPub data rate exceeded.", "IOPub message rate exceeded
 
 class GatewayKernel:
     """A kernel run by a Jupyter gateway, driven over its REST API and websocket."""
-
-    needs_nproc_limit = False
 
     def __init__(self, rest: GatewayREST, kernel_id: str) -> None:
         self.config = rest.config
@@ -213,7 +213,7 @@ class GatewayKernel:
                 )
         elif msg_type == "stream" and str(content.get("text", "")).startswith(_RATE_LIMIT_NOTICES):
             header = {**header, "msg_type": OUTPUT_DROPPED}
-            msg = {**msg, "header": header, "msg_type": OUTPUT_DROPPED}
+            msg = {**msg, "header": header}
         return channel, msg
 
     async def _check_still_there(self) -> None:
@@ -223,10 +223,7 @@ class GatewayKernel:
             state = await asyncio.wait_for(self._rest.kernel_state(self.kernel_id), LIVENESS_CHECK_SECONDS)
         except (GatewayError, asyncio.TimeoutError):
             return  # unreachable: the websocket's own close or ping timeout will tell
-        if state is None:
-            self._death = _gone(self.config.url)
-        elif state.get("execution_state") == "dead":
-            self._death = KernelDeath(detail=f"the gateway at {self.config.url} reports the kernel dead")
+        self._death = _death_from_state(state, self.config.url)
 
     async def _on_connection_lost(self, reason: str) -> None:
         """Reopen the websocket if the gateway still has the kernel; otherwise record why not."""
@@ -235,27 +232,29 @@ class GatewayKernel:
         except GatewayError as error:
             self._death = KernelDeath(detail=f"lost the connection to the gateway: {error}")
             return
-        if state is None:
-            self._death = _gone(self.config.url)
-            return
-        if state.get("execution_state") == "dead":
-            self._death = KernelDeath(detail=f"the gateway at {self.config.url} reports the kernel dead")
+        self._death = _death_from_state(state, self.config.url)
+        if self._death is not None:
             return
         log.warning("%s; reconnecting to kernel %s", reason, self.kernel_id)
         if self._socket is not None:
             await self._socket.close()
         try:
             self._socket = await KernelWebSocket.connect(
-                self.config, self.kernel_id, self._session_id, DELETE_TIMEOUT
+                self.config, self.kernel_id, self._session_id, REQUEST_TIMEOUT
             )
         except GatewayError as error:
             self._death = KernelDeath(detail=f"{reason}, and reconnecting failed: {error}")
 
 
-def _gone(url: str) -> KernelDeath:
-    return KernelDeath(
-        detail=f"the gateway at {url} no longer has the kernel (culled for idleness, or deleted)"
-    )
+def _death_from_state(state: dict[str, Any] | None, url: str) -> KernelDeath | None:
+    """What the gateway's answer about the kernel (``None``: it has none) says of its death."""
+    if state is None:
+        return KernelDeath(
+            detail=f"the gateway at {url} no longer has the kernel (culled for idleness, or deleted)"
+        )
+    if state.get("execution_state") == "dead":
+        return KernelDeath(detail=f"the gateway at {url} reports the kernel dead")
+    return None
 
 
 def _advice(error: GatewayError) -> str:

@@ -133,9 +133,9 @@ class GatewayREST:
     async def interrupt(self, kernel_id: str) -> None:
         await self._fetch(f"/api/kernels/{quote(kernel_id)}/interrupt", "POST")
 
-    async def delete_kernel(self, kernel_id: str, timeout: float = REQUEST_TIMEOUT) -> None:
+    async def delete_kernel(self, kernel_id: str) -> None:
         try:
-            await self._fetch(f"/api/kernels/{quote(kernel_id)}", "DELETE", timeout=timeout)
+            await self._fetch(f"/api/kernels/{quote(kernel_id)}", "DELETE")
         except GatewayError as error:
             if error.code != 404:  # already gone is what we wanted
                 raise
@@ -180,7 +180,6 @@ class KernelWebSocket:
         path = f"/api/kernels/{quote(kernel_id)}/channels?session_id={quote(session_id)}"
         request = config.request(path, timeout=timeout)
         request.url = config.ws_url(path)
-        request.body = None
         try:
             connection = await websocket_connect(
                 request,

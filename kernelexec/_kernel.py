@@ -234,9 +234,7 @@ class LocalKernel:
             return
         self._closed = True
         _LIVE_KERNELS.discard(self)
-        # Without a cgroup, what the code started outside the kernel's process group is found
-        # through the kernel, so it must be looked up while the kernel is still its parent.
-        strays = descendants(self.process.pid) if self._cgroup is None and self.is_alive else {}
+        strays = self._strays()
         try:
             if self._channels is not None and self._pidfd is not None and self.is_alive:
                 if graceful:
@@ -262,8 +260,7 @@ class LocalKernel:
         self._closed = True
         _LIVE_KERNELS.discard(self)
         self._close_channels()
-        alive = self._cgroup is None and self.is_alive
-        self._release_process(descendants(self.process.pid) if alive else {})
+        self._release_process(self._strays())
         try:
             self._manager.cleanup_connection_file()
             self._manager.cleanup_ipc_files()
@@ -342,6 +339,14 @@ class LocalKernel:
         if self._channels is not None:
             self._channels.close()
             self._channels = None
+
+    def _strays(self) -> dict[int, bytes]:
+        """Without a cgroup, what the code started outside the kernel's process group is found
+        through the kernel: it must be looked up while the kernel is still its parent."""
+        process = self.process
+        if self._cgroup is not None or process is None or process.poll() is not None:
+            return {}
+        return descendants(process.pid)
 
     def _release_process(self, strays: dict[int, bytes]) -> None:
         """Kill the kernel and whatever the user's code started; free what the kernel held."""

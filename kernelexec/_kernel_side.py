@@ -107,15 +107,39 @@ class _BinaryStream(object):
         return True
 
 
-def _split_large_messages(stream, max_chars):
-    """Send a stream message longer than ``max_chars`` as several bounded ones.
+def _bound_iopub(streams, max_chars):
+    """Set up ipykernel's I/O thread, which sends every IOPub message, for output of any size.
 
-    A hook on ipykernel's public message-hook API; hooks are per thread and messages are sent
-    from the stream's I/O thread, so the hook is registered there. (Wrapping ``write`` instead
-    does not last: IPython 9 re-wraps and restores ``sys.stdout.write`` around every cell.)
+    - The IOPub socket waits for a slow client instead of dropping messages (``XPUB_NODROP``): a
+      PUB socket drops once a subscriber's queue holds its high-water mark (1000 messages on each
+      side), which a huge print split into pieces reaches in a burst, and a dropped ``idle``
+      status would leave the client waiting for the rest of the call. Waiting also bounds the
+      client's memory.
+    - A stream message longer than ``max_chars`` goes out as several bounded ones, through a hook
+      on ipykernel's public message-hook API. Hooks are per thread and stream messages are sent
+      from the I/O thread, so they are registered there. (Wrapping ``write`` instead does not
+      last: IPython 9 re-wraps and restores ``sys.stdout.write`` around every cell.)
     """
-    pub_thread = stream.pub_thread
+    import zmq
 
+    pub_thread = streams[0].pub_thread
+
+    def on_io_thread():
+        pub_thread.socket.setsockopt(zmq.XPUB_NODROP, 1)
+        try:
+            _unbounded_event_pipe(pub_thread)
+        except AttributeError:  # an ipykernel without these internals: big writes stay whole
+            return
+        for stream in streams:
+            stream.register_hook(_splitter(stream, pub_thread, max_chars))
+
+    pub_thread.schedule(on_io_thread)
+    for stream in streams:
+        if not hasattr(stream, "buffer"):
+            stream.buffer = _BinaryStream(stream)
+
+
+def _splitter(stream, pub_thread, max_chars):
     def split(msg):
         text = msg["content"].get("text", "")
         if len(text) <= max_chars:
@@ -131,16 +155,7 @@ def _split_large_messages(stream, max_chars):
         msg["content"]["text"] = text[last:]
         return msg
 
-    def register():
-        try:
-            _unbounded_event_pipe(pub_thread)
-        except AttributeError:  # an ipykernel without these internals: big writes stay whole
-            return
-        stream.register_hook(split)
-
-    pub_thread.schedule(register)
-    if not hasattr(stream, "buffer"):
-        stream.buffer = _BinaryStream(stream)
+    return split
 
 
 def _unbounded_event_pipe(pub_thread):
@@ -154,8 +169,6 @@ def _unbounded_event_pipe(pub_thread):
 
     local = pub_thread._local
     old = getattr(local, "event_pipe", None)
-    if old is not None and old.sndhwm == 0:
-        return  # done already (stdout and stderr share the thread)
     pipe = pub_thread.socket.context.socket(zmq.PUSH)
     pipe.linger = 0
     pipe.sndhwm = 0  # an inproc pipe is unbounded when either side's high-water mark is 0
@@ -226,22 +239,6 @@ def _keep_kernel_on_exit(shell):
         sys.stderr.write("exit() and quit() do not end a kernelexec session; its state is kept.\n")
 
     shell.ask_exit = ask_exit
-
-
-def _never_drop_output(shell):
-    """Make the IOPub socket wait for a slow client instead of dropping messages.
-
-    A PUB socket drops messages once a subscriber's queue holds its high-water mark (1000
-    messages on each side); a huge print split into pieces reaches that in a burst, and a dropped
-    ``idle`` status would leave the client waiting for the rest of the call. With ``XPUB_NODROP``
-    the send blocks until the client catches up, which also bounds the client's memory.
-    """
-    import zmq
-
-    pub_thread = getattr(getattr(shell.kernel, "iopub_socket", None), "io_thread", None)
-    socket = getattr(pub_thread, "socket", None)
-    if socket is not None:
-        pub_thread.schedule(lambda: socket.setsockopt(zmq.XPUB_NODROP, 1))
 
 
 def _flush_output_before_hard_exit():
@@ -321,11 +318,10 @@ def install(max_message_chars, memory_limit=None, max_processes=None, max_bundle
     _INTERNAL_DIRS = _internal_dirs()
     _report_errors(shell)
     _flush_output_before_hard_exit()
-    _never_drop_output(shell)
     _keep_kernel_on_exit(shell)
     _wait_for_fd_output(shell, (sys.stdout, sys.stderr))
     if max_bundle_chars:
         _drop_huge_displays(shell, max_bundle_chars)
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "pub_thread") and hasattr(stream, "register_hook"):  # ipykernel's OutStream
-            _split_large_messages(stream, max_message_chars)
+    streams = [stream for stream in (sys.stdout, sys.stderr) if hasattr(stream, "register_hook")]
+    if streams:  # ipykernel's OutStreams
+        _bound_iopub(streams, max_message_chars)

@@ -55,8 +55,9 @@ async def launch_kernel(options: SessionOptions) -> KernelBackend:
 
 async def prepare_kernel(kernel: KernelBackend, options: SessionOptions) -> None:
     """Install kernelexec's in-kernel hooks (Python kernels), then run the startup code."""
+    nproc_in_kernel = getattr(kernel, "needs_nproc_limit", False)
     if kernel.info.get("language_info", {}).get("name") == "python":
-        nproc = options.max_processes if getattr(kernel, "needs_nproc_limit", False) else None
+        nproc = options.max_processes if nproc_in_kernel else None
         install = (
             f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r}, {nproc!r},"
             f" {options.max_output_bytes!r})"
@@ -70,7 +71,7 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions) -> None
         unenforced = [
             name for name, needed in (
                 ("memory_limit", options.memory_limit is not None),
-                ("max_processes", getattr(kernel, "needs_nproc_limit", False)),
+                ("max_processes", nproc_in_kernel),
             ) if needed
         ]  # fmt: skip
         if unenforced:

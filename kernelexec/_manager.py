@@ -66,8 +66,6 @@ class AsyncSessionManager:
         self._pool = KernelPool(self.options, pool_size)
         self._sessions: dict[str, AsyncSession] = {}
         self._starting: dict[str, asyncio.Task[AsyncSession]] = {}
-        # Activity the sessions' own last_used misses: a start ending, or a restart seen running.
-        self._last_active: dict[str, float] = {}
         self._culler: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -147,7 +145,6 @@ class AsyncSessionManager:
         """Close one session (no-op if unknown), or with no id the manager and everything in it."""
         if session_id is not None:
             session = self._sessions.pop(session_id, None)
-            self._last_active.pop(session_id, None)
             if session is not None:
                 await session.shutdown()
             return
@@ -158,7 +155,6 @@ class AsyncSessionManager:
             self._culler.cancel()
             await asyncio.gather(self._culler, return_exceptions=True)
         sessions, self._sessions = self._sessions, {}
-        self._last_active.clear()
         try:
             # One session failing to shut down must not keep the others, or the pool, alive.
             outcomes = await asyncio.gather(
@@ -200,8 +196,6 @@ class AsyncSessionManager:
     async def _start_new(self, session_id: str, session: AsyncSession) -> AsyncSession:
         try:
             await session.start()
-            if self._sessions.get(session_id) is session:
-                self._last_active[session_id] = time.time()  # idle from now, not from its creation
             return session
         except BaseException:
             # A session that never started is not kept: the next session(id) tries afresh.
@@ -229,10 +223,10 @@ class AsyncSessionManager:
             for session_id, session in list(self._sessions.items()):
                 if self._sessions.get(session_id) is not session:
                     continue  # closed or replaced while another was being closed
-                if _in_use(session):
-                    self._last_active[session_id] = time.time()
+                stats = session.stats
+                if stats.status in ("busy", "starting"):  # a call, or a kernel (re)starting
                     continue
-                last_used = max(session.stats.last_used, self._last_active.get(session_id, 0.0))
+                last_used = stats.last_used  # also set when a kernel start or restart ends
                 due = last_used + self.idle_timeout
                 if due > now:
                     next_due = min(next_due, due)
@@ -388,14 +382,6 @@ class SessionManager:
         if self._closed:
             raise SessionClosed(_MANAGER_CLOSED)
 
-
-def _in_use(session: AsyncSession) -> bool:
-    """Whether a call, start or restart holds the session now (or waits for it).
-
-    ``stats.status`` says "busy" only while code runs; the session's lock is also held while a
-    kernel starts or is replaced after a timeout or a death, when no call is in flight.
-    """
-    return session.stats.status in ("busy", "starting") or session._lock.locked()
 
 
 async def _as_coroutine(function: Any) -> Any:

@@ -22,7 +22,7 @@ from ._displays import DisplayRegistry
 from ._errors import CellExecutionError, InvalidArgument
 from ._parameters import cell_tags, inject_parameters
 from ._progress import Progress, make_progress
-from ._record import cell_outputs, write_notebook
+from ._record import fill_code_cell, write_notebook
 from ._session import AsyncSession, Session
 
 # nbclient's cell tags.
@@ -51,8 +51,13 @@ class _Plan:
         return [
             index
             for index, cell in enumerate(self.nb.cells)
-            if cell.cell_type == "code" and cell.source.strip() and SKIP_TAG not in cell_tags(cell)
+            if _runs(cell) and cell.source.strip()
         ]
+
+
+def _runs(cell: NotebookNode) -> bool:
+    """A code cell not tagged ``skip-execution``."""
+    return cell.cell_type == "code" and SKIP_TAG not in cell_tags(cell)
 
 
 def run_notebook(
@@ -115,9 +120,6 @@ async def async_run_notebook(
 
 
 def _session_options(plan: _Plan, options: dict[str, Any]) -> dict[str, Any]:
-    for name in ("kernel_name", "timeout", "cwd"):
-        if name in options:
-            raise InvalidArgument(f"{name} is an argument of run_notebook itself; pass it once")
     return {"max_output_bytes": NOTEBOOK_MAX_OUTPUT_BYTES, **options, "timeout": plan.timeout, "cwd": plan.cwd}
 
 
@@ -146,9 +148,7 @@ async def _run_cell(session: AsyncSession, plan: _Plan, index: int, number: int,
     progress.cell_started(index, cell.source)
     result = await session.execute(cell.source)
     # nbclient numbers cells by how many it has run, which is the kernel's count in one session.
-    cell.execution_count = number
-    cell.outputs = cell_outputs(result)
-    cell.metadata["execution"] = dict(result.timing)
+    fill_code_cell(cell, result, number)
     progress.cell_finished(index, result)
     if not result.ok and not plan.allow_errors and RAISES_TAG not in cell_tags(cell):
         raise CellExecutionError(result, index)
@@ -175,7 +175,7 @@ def _plan(
         _check_python(nb, kernel_name)
         inject_parameters(nb, parameters)
     for cell in nb.cells:  # outputs from an earlier run must not pass for this run's
-        if cell.cell_type == "code" and SKIP_TAG not in cell_tags(cell):
+        if _runs(cell):
             cell.outputs, cell.execution_count = [], None
     spec_name = nb.metadata.get("kernelspec", {}).get("name")
     return _Plan(

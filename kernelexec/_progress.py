@@ -43,7 +43,7 @@ class NoProgress:
         pass
 
 
-class LineProgress:
+class LineProgress(NoProgress):
     """One line per finished cell, for logs and pipes: ``[3/12] cell 5: ok in 0.02 s``."""
 
     def __init__(self, stream: TextIO) -> None:
@@ -55,15 +55,9 @@ class LineProgress:
         self._total = total
         self._print(f"running {name}: {total} code cell{'s' if total != 1 else ''}")
 
-    def cell_started(self, index: int, source: str) -> None:
-        pass
-
     def cell_finished(self, index: int, result: ExecutionResult) -> None:
         self._done += 1
         self._print(f"[{self._done}/{self._total}] cell {index}: {cell_status(result)}")
-
-    def close(self) -> None:
-        pass
 
     def _print(self, line: str) -> None:
         self._stream.write(line + "\n")

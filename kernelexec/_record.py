@@ -52,15 +52,20 @@ def session_notebook(
     """One code cell per call: source, outputs, execution count, timing and status metadata."""
     nb = nbformat.v4.new_notebook(metadata=notebook_metadata(kernel_name, kernel_info))
     for number, (code, result) in enumerate(history, start=1):
-        cell = nbformat.v4.new_code_cell(
-            source=code,
-            execution_count=result.execution_count,
-            outputs=copy.deepcopy(cell_outputs(result)),
-            metadata={"execution": dict(result.timing), "kernelexec": status_metadata(result)},
-        )
+        cell = nbformat.v4.new_code_cell(source=code)
+        fill_code_cell(cell, result, result.execution_count)
+        cell.outputs = copy.deepcopy(cell.outputs)  # the history keeps its own
+        cell.metadata["kernelexec"] = status_metadata(result)
         cell.id = f"call-{number}"  # stable: recording the same history twice gives the same notebook
         nb.cells.append(cell)
     return nb
+
+
+def fill_code_cell(cell: NotebookNode, result: ExecutionResult, execution_count: int | None) -> None:
+    """Give a code cell a call's outputs, execution count and timing, as nbclient writes them."""
+    cell.execution_count = execution_count
+    cell.outputs = cell_outputs(result)
+    cell.metadata["execution"] = dict(result.timing)
 
 
 def notebook_metadata(kernel_name: str, kernel_info: dict[str, Any]) -> dict[str, Any]:

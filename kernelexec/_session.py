@@ -324,6 +324,7 @@ class AsyncSession(_SessionBase):
         state.kernel = kernel
         state.execution_count = 0
         state.kernel_info = kernel.info
+        state.last_used = time.time()  # idle from now: a slow start or restart is not idleness
 
     async def _replace_kernel(self, *, graceful: bool = False, raise_start_error: bool = False) -> bool:
         """Swap in a fresh kernel; ``False`` if none could be started (the next call retries).

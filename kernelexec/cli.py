@@ -12,7 +12,6 @@ from ._errors import KernelexecError
 from ._result import EXIT_STATUS, ExecutionResult
 from ._session import Session
 
-# Exit statuses of `kernelexec exec`, as timeout(1) and a SIGKILLed process report them.
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()

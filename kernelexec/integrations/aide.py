@@ -33,7 +33,6 @@ from .._errors import InvalidArgument
 from .._manager import SessionManager
 from .._result import ExecutionResult as KernelResult
 from .._session import Session
-from .._traceback import plain_traceback
 
 # Effectively no limit, for AIDE's ``timeout=None``: kernelexec always needs a number.
 _NO_LIMIT_SECONDS = 10 * 365 * 24 * 3600.0
@@ -222,9 +221,8 @@ class Interpreter:
                 exc_type, exc_info = summary["exc_type"], summary["exc_info"]
                 exc_stack = [tuple(frame) for frame in summary["exc_stack"]]
             elif result.status != "timeout":
-                exc_type, exc_info = error.ename, dict(error.exc_info)
-                exc_stack = [tuple(frame) for frame in error.frames]
-            text = plain_traceback(error.traceback) if error.traceback else error.headline
+                exc_type, exc_info, exc_stack = error.ename, dict(error.exc_info), result.exc_stack
+            text = error.text
             term_out.append(text if text.endswith("\n") else text + "\n")
         if result.status == "timeout":
             exc_type, exc_info, exc_stack = "TimeoutError", exc_info or {}, exc_stack or []

@@ -27,7 +27,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import nbformat
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ImageContent, TextContent
@@ -35,6 +34,7 @@ from pydantic import Field
 
 from .._errors import KernelexecError, UnknownSession
 from .._manager import AsyncSessionManager
+from .._record import write_notebook
 from .._result import ExecutionResult
 from .._session import AsyncSession
 
@@ -134,7 +134,7 @@ class KernelTools:
             raise ToolError(f"cannot write {target!r}: its directory does not exist")
         try:
             notebook = live.notebook
-            nbformat.write(notebook, target)
+            write_notebook(notebook, target)
         except OSError as error:
             raise ToolError(f"cannot write {target!r}: {error.strerror}") from None
         cells = len(notebook.cells)
