@@ -40,9 +40,8 @@ CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
 GRACEFUL_EXIT_SECONDS = 1.0
 # How long a SIGKILLed kernel may take to be gone (it is immediate unless the machine is swamped).
 KILL_WAIT_SECONDS = 5.0
-# The kernel's stderr file is emptied once it holds more than this (checked every N messages).
+# The kernel's stderr file is emptied once it holds more than this (checked with each message).
 STDERR_KEEP_BYTES = 1024 * 1024
-STDERR_CHECK_EVERY_MESSAGES = 256
 # Without a pidfd (non-Linux), how often to check whether the kernel process is alive.
 EXIT_CHECK_SECONDS = 0.1
 
@@ -132,7 +131,6 @@ class LocalKernel:
         self._closed = False
         self._watchdog: OwnerDeathWatchdog | None = None
         self._cgroup: PidsCgroup | None = None
-        self._received = 0
         self.info: dict[str, Any] = {}
 
     @property
@@ -202,9 +200,7 @@ class LocalKernel:
                 raise KernelDied(KernelDeath(detail="the kernel was shut down"))
             item = channels.try_receive()
             if item is not None:
-                self._received += 1
-                if self._received % STDERR_CHECK_EVERY_MESSAGES == 0:
-                    self._bound_stderr_file()
+                self._bound_stderr_file()  # an fstat: fd 2 output arrives as messages too
                 return item
             if channels.any_ready():
                 continue

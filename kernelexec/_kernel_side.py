@@ -135,8 +135,35 @@ def _bound_iopub(streams, max_chars):
 
     pub_thread.schedule(on_io_thread)
     for stream in streams:
+        _pace_writes(stream, max_chars)
         if not hasattr(stream, "buffer"):
             stream.buffer = _BinaryStream(stream)
+
+
+def _pace_writes(stream, max_chars):
+    """Flush a stream as soon as ``max_chars`` are buffered in it, and wait for the send.
+
+    ipykernel buffers writes and sends them every 0.2 s: code printing in a loop would pile up
+    gigabytes in the kernel between two sends, and its output would reach the client seconds
+    late (after the call's timeout). Flushing waits for the I/O thread, which waits for the
+    client: a flood streams at the client's pace. The hook is ``_schedule_flush``, which every
+    write calls, on the class: IPython 9 re-wraps and restores the instance's ``write`` around
+    every cell, so ``write`` itself cannot be hooked for good.
+    """
+    base = type(stream)
+    if not hasattr(base, "_schedule_flush") or not isinstance(getattr(stream, "_buffers", None), dict):
+        return  # another ipykernel: its own pace
+
+    class PacedStream(base):
+        def _schedule_flush(self):
+            with self._buffer_lock:
+                buffered = sum(buffer.tell() for buffer in self._buffers.values())
+            if buffered >= max_chars:
+                self.flush()
+            else:
+                base._schedule_flush(self)
+
+    stream.__class__ = PacedStream
 
 
 def _splitter(stream, pub_thread, max_chars):

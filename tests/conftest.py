@@ -50,7 +50,21 @@ class Baseline:
         self.processes = set(_children())
         self.threads = set(threading.enumerate())
         self.fds = _open_fds()
+        self.sockets = {fd for fd, target in _describe_fds(self.fds).items() if target.startswith("socket:")}
         self.files = set(os.listdir(self.runtime_dir))
+
+    def _new_fds(self) -> dict[int, str]:
+        """Open fds that were not open at the baseline (those closed meanwhile drop out).
+
+        A socket that replaced one of the baseline's is not counted: ZMQ can re-establish a
+        connection of a long-lived session (a module's warm session) on a new fd.
+        """
+        now = _open_fds()
+        new = _describe_fds(now - self.fds)
+        replaced = len(self.sockets - now)
+        for fd in [fd for fd, target in new.items() if target.startswith("socket:")][:replaced]:
+            del new[fd]
+        return new
 
     def leaks(self) -> list[str]:
         """What appeared since, waiting up to LEAK_WAIT_SECONDS for it to go; kills leftovers."""
@@ -60,7 +74,7 @@ class Baseline:
                 pid: p for pid, p in _children().items() if pid not in self.processes and _running(p)
             }
             threads = [t for t in threading.enumerate() if t not in self.threads and t.is_alive()]
-            fds = _describe_fds(_open_fds() - self.fds)  # fds closed meanwhile drop out
+            fds = self._new_fds()
             files = set(os.listdir(self.runtime_dir)) - self.files
             if not (leaked or threads or fds or files) or time.monotonic() > deadline:
                 break
@@ -70,7 +84,7 @@ class Baseline:
                 process.kill()
             except psutil.Error:
                 pass
-        problems = []
+        problems: list[str] = []
         if leaked:
             problems.append(f"processes left running: {[_command(p) for p in leaked.values()]}")
         if threads:
