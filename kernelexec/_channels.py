@@ -38,6 +38,7 @@ class ZmqChannels:
     def __init__(self, context: zmq.Context, info: dict[str, Any], session: ProtocolSession):
         self.session = session
         self._sockets: list[tuple[str, zmq.Socket]] = []
+        self._stdin_monitor: zmq.Socket | None = None
         for channel, kind in CHANNELS:
             socket = context.socket(kind)
             socket.linger = 0
@@ -48,6 +49,10 @@ class ZmqChannels:
                 # Queue few messages here: kernelexec's Python kernels then wait (XPUB_NODROP)
                 # instead of filling our memory with output we would truncate anyway.
                 socket.rcvhwm = IOPUB_RECEIVE_QUEUE
+            if channel == "stdin":
+                # The kernel's ROUTER drops an input request addressed to us until this
+                # connection's handshake is done, and the kernel then waits for an answer forever.
+                self._stdin_monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             socket.connect(channel_url(info, channel))
             self._sockets.append((channel, socket))
         self._by_name = dict(self._sockets)
@@ -113,7 +118,25 @@ class ZmqChannels:
             if timer is not None:
                 timer.cancel()
 
+    def stdin_connected(self) -> bool:
+        """Whether the stdin connection is made, so that the kernel's input requests reach us."""
+        if self._stdin_monitor is None:
+            return True
+        try:
+            self._stdin_monitor.recv_multipart(zmq.NOBLOCK)  # its only event: handshake done
+        except zmq.Again:
+            return False
+        self._close_stdin_monitor()
+        return True
+
+    def _close_stdin_monitor(self) -> None:
+        if self._stdin_monitor is not None:
+            self._by_name["stdin"].disable_monitor()
+            self._stdin_monitor.close(linger=0)
+            self._stdin_monitor = None
+
     def close(self) -> None:
+        self._close_stdin_monitor()
         for fd in list(self._watched_fds):
             self._unwatch(fd)
         for _, socket in self._sockets:

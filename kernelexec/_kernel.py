@@ -172,6 +172,7 @@ class LocalKernel:
             )
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, startup_timeout, f"kernel {kernel_name!r}")
+            await kernel._await_stdin_connection(startup_timeout)
         except BaseException as error:
             last_words = kernel.stderr_tail()  # before shutdown closes the file
             await kernel.shutdown(graceful=False)
@@ -300,6 +301,18 @@ class LocalKernel:
         self._pidfd = open_pidfd(process.pid) if process is not None else None
         if self._pidfd is not None:
             self._channels.watch_fd(self._pidfd, self._on_exit)
+
+    async def _await_stdin_connection(self, timeout: float) -> None:
+        """The kernel answers on shell and iopub by now, so the stdin handshake is done or nearly."""
+        assert self._channels is not None
+        deadline = time.monotonic() + timeout
+        while not self._channels.stdin_connected():
+            if time.monotonic() > deadline:
+                raise KernelStartError(
+                    f"the kernel's stdin channel did not connect within {timeout:g} s; "
+                    "raise startup_timeout if the machine is busy."
+                )
+            await asyncio.sleep(0.001)
 
     def _on_exit(self) -> None:
         self._exited_at = time.monotonic()

@@ -13,7 +13,8 @@ What it installs:
 - Bounded output: big writes to stdout/stderr become a series of bounded stream messages the
   client truncates as they come; a display or result bigger than the output budget becomes a
   short note; the IOPub socket waits for a slow client instead of dropping messages; output
-  written to file descriptors 1 and 2 reaches the call that wrote it; the streams get a
+  written to file descriptors 1 and 2 reaches the call that wrote it, in order with the rest of
+  the output; the streams get a
   ``buffer`` for code that writes bytes.
 - Limits and exits: the session's memory and process limits, ``os._exit`` sending pending output
   first, and ``exit()``/``quit()`` leaving the session's kernel alone.
@@ -207,55 +208,157 @@ def _unbounded_event_pipe(pub_thread):
         old.close()
 
 
-def _wait_for_fd_output(shell, streams):
-    """Let output written to file descriptors 1 and 2 reach the call that wrote it.
+def _forward_fd_output_in_order(shell, streams):
+    """Forward output written to file descriptors 1 and 2 in the order it was written.
 
     ipykernel forwards such output (``os.write(1, ...)``, subprocesses, C libraries) from a pipe
-    through a reader thread; when a cell ends right after writing, the reader may not have passed
-    it on before the reply is sent, and the output would be reported after the call ended.
-    Before the cell's results go out, wait (at most a quarter second) until each pipe is empty
-    and its reader is back in ``read()`` on it, which means it has handed on all it read.
+    through a reader thread, whenever that thread gets to it: a ``print`` right after an
+    ``os.write`` could come out first or split in two around it, and output written just before
+    a cell ends could be reported after the call. Here the pipe is drained, under one lock per
+    stream, by whoever comes first: a reader thread when the pipe has data, every write to the
+    stream before its own text, and the end of every cell before its reply goes out.
     """
-    import fcntl
-    import platform
-    import struct
-    import termios
-    import time
+    forwarders = [forwarder for forwarder in map(_FdForwarder.take_over, streams) if forwarder]
+    if forwarders:
+        shell.events.register("post_execute", lambda *_: [forwarder.drain() for forwarder in forwarders])
 
-    read_syscall = {"x86_64": "0", "aarch64": "63"}.get(platform.machine())
-    watched = []
-    for stream in streams:
-        fid, reader = getattr(stream, "_fid", None), getattr(stream, "watch_fd_thread", None)
-        if isinstance(fid, int) and reader is not None:
-            watched.append((fid, getattr(reader, "native_id", None)))
-    if not watched:
-        return
 
-    def pending(fid):
+class _FdForwarder(object):
+    """Moves what is written to a stream's file descriptor into the stream, under a lock."""
+
+    CHUNK = 65536
+
+    @classmethod
+    def take_over(cls, stream):
+        """Replace ipykernel's reader thread of ``stream``'s pipe by one that drains it under the
+        lock, and make every write drain it first; None (ipykernel's thread kept) for a stream
+        or platform this cannot handle."""
         try:
-            return struct.unpack("i", fcntl.ioctl(fid, termios.FIONREAD, b"\0\0\0\0"))[0]
+            import fcntl  # noqa: F401 (POSIX only)
+
+            fid, old_reader = stream._fid, stream.watch_fd_thread
+            if not (isinstance(fid, int) and old_reader.is_alive() and stream._should_watch):
+                return None
+            stream._should_watch = False  # ipykernel's reader leaves after its next read:
+            os.write(stream._original_stdstream_fd, b"\0")  # what ipykernel's close() does
+            old_reader.join(2)
+        except (AttributeError, ImportError, OSError):
+            return None
+        stream._should_watch = True
+        if old_reader.is_alive():
+            return None
+        base = type(stream)
+        forwarder = cls(stream, fid, base.write)
+        stream.__dict__.pop("write", None)
+        stream.__class__ = _ordered_stream_class(base, forwarder)
+        stream.watch_fd_thread = threading.Thread(target=forwarder.read_forever, name="kernelexec-fd-reader")
+        stream.watch_fd_thread.daemon = True
+        stream.watch_fd_thread.start()
+        return forwarder
+
+    def __init__(self, stream, fid, write):
+        import array
+        import codecs
+        import fcntl
+        import termios
+
+        self._stream = stream
+        self._write = write  # the stream class's own write, which does not drain
+        self._fid = fid
+        self._lock = threading.Lock()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._count = array.array("i", [0])
+        self._count_query = (fcntl.ioctl, termios.FIONREAD)
+        self._enabled = True
+        # A forked child shares the pipe but not the reader thread, which may have held the lock.
+        os.register_at_fork(after_in_child=self._disable)
+
+    def _disable(self):
+        self._enabled = False
+
+    def pending(self):
+        """How many bytes wait in the pipe."""
+        ioctl, request = self._count_query
+        try:
+            ioctl(self._fid, request, self._count, True)
         except OSError:
             return 0
+        return self._count[0]
 
-    def reading(fid, thread_id):
-        if read_syscall is None or thread_id is None:
-            return True  # cannot tell here: trust the empty pipe
+    def busy(self):
+        """Whether someone is forwarding what they read from the pipe."""
+        return self._lock.locked()
+
+    def drain(self):
+        """Forward everything now in the pipe (and whatever the reader thread is forwarding)."""
+        if not self._enabled:
+            return
+        with self._lock:
+            if not self._stream._should_watch:
+                return  # closed: the byte that wakes the reader must be left for it
+            pending = self.pending()
+            while pending > 0:
+                data = os.read(self._fid, min(pending, self.CHUNK))
+                pending -= len(data)
+                self._write(self._stream, self._decoder.decode(data))
+                try:  # as ipykernel does: a copy to the original descriptor (the stderr file)
+                    os.write(self._stream._original_stdstream_copy, data)
+                except OSError:
+                    pass
+
+    def read_forever(self):
+        import select
+
+        poller = select.poll()
+        poller.register(self._fid, select.POLLIN)
         try:
-            with open("/proc/self/task/%d/syscall" % thread_id) as syscall:
-                fields = syscall.read().split()
-        except OSError:
-            return True
-        return len(fields) > 1 and fields[0] == read_syscall and int(fields[1], 16) == fid
+            while True:
+                events = poller.poll()
+                if not self._stream._should_watch:  # closed: close() wrote a byte to wake us
+                    return
+                if any(event & (select.POLLHUP | select.POLLERR) for _, event in events):
+                    if not self.pending():
+                        return
+                self.drain()
+        except (OSError, ValueError):  # the stream or its pipe was closed under us
+            return
 
-    def settled():
-        return all(not pending(fid) and reading(fid, thread_id) for fid, thread_id in watched)
 
-    def drain(*_):
-        deadline = time.monotonic() + 0.25  # a writer that never stops must not slow every call
-        while not settled() and time.monotonic() < deadline:
-            time.sleep(0.0005)
+def _ordered_stream_class(base, forwarder):
+    """``base`` with a ``write`` that drains the descriptor's pipe before writing.
 
-    shell.events.register("post_execute", drain)
+    ``write`` is a property so that it also wraps whatever is assigned to the instance's
+    ``write``: IPython 9 replaces it with a recording wrapper around every cell, then puts the
+    method it found back.
+    """
+
+    pending, busy, drain = forwarder.pending, forwarder.busy, forwarder.drain
+
+    def draining(inner):
+        def write(text, *args, **kwargs):
+            # Almost every write finds the pipe empty and the lock free: nothing written before
+            # it is on its way (the reader reads only under the lock).
+            if pending() or busy():
+                drain()
+            return inner(text, *args, **kwargs)
+
+        write.kernelexec_inner = inner
+        return write
+
+    def get_write(self):
+        wrapped = self.__dict__.get("_kernelexec_write")
+        if wrapped is None:
+            wrapped = self.__dict__["_kernelexec_write"] = draining(base.write.__get__(self))
+        return wrapped
+
+    def set_write(self, value):
+        self.__dict__["_kernelexec_write"] = draining(getattr(value, "kernelexec_inner", value))
+
+    def reset_write(self):
+        self.__dict__.pop("_kernelexec_write", None)
+
+    write = property(get_write, set_write, reset_write)
+    return type("OrderedStream", (base,), {"write": write, "__module__": __name__})
 
 
 def _keep_kernel_on_exit(shell):
@@ -346,7 +449,7 @@ def install(max_message_chars, memory_limit=None, max_processes=None, max_bundle
     _report_errors(shell)
     _flush_output_before_hard_exit()
     _keep_kernel_on_exit(shell)
-    _wait_for_fd_output(shell, (sys.stdout, sys.stderr))
+    _forward_fd_output_in_order(shell, (sys.stdout, sys.stderr))
     if max_bundle_chars:
         _drop_huge_displays(shell, max_bundle_chars)
     streams = [stream for stream in (sys.stdout, sys.stderr) if hasattr(stream, "register_hook")]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,20 +52,23 @@ class Baseline:
         self.processes = set(_children())
         self.threads = set(threading.enumerate())
         self.fds = _open_fds()
-        self.sockets = {fd for fd, target in _describe_fds(self.fds).items() if target.startswith("socket:")}
         self.files = set(os.listdir(self.runtime_dir))
 
     def _new_fds(self) -> dict[int, str]:
         """Open fds that were not open at the baseline (those closed meanwhile drop out).
 
-        A socket that replaced one of the baseline's is not counted: ZMQ can re-establish a
-        connection of a long-lived session (a module's warm session) on a new fd.
+        A connection to a kernel that was already running at the baseline (a module's warm
+        session) is not counted: ZMQ re-establishes the connections of a long-lived session on
+        new fds at times of its own choosing (seen on the stdin socket of a module's session).
         """
-        now = _open_fds()
-        new = _describe_fds(now - self.fds)
-        replaced = len(self.sockets - now)
-        for fd in [fd for fd, target in new.items() if target.startswith("socket:")][:replaced]:
-            del new[fd]
+        new = _describe_fds(_open_fds() - self.fds)
+        if any(target.startswith("socket:[") for target in new.values()):
+            sockets = _unix_sockets()
+            for fd, target in list(new.items()):
+                socket = sockets.get(target[len("socket:[") : target.find("]")])
+                peer = sockets.get(socket.peer) if socket is not None else None
+                if peer is not None and peer.pids & self.processes:
+                    del new[fd]
         return new
 
     def leaks(self) -> list[str]:
@@ -119,28 +124,52 @@ def module_leak_check(private_runtime_dir: str) -> Iterator[None]:
 
 
 def _describe_fds(fds: set[int]) -> dict[int, str]:
-    """What each fd points at; an fd some thread closed since it was listed is left out."""
+    """What each fd points at; an fd some thread closed since it was listed is left out.
+    A Unix socket is named by its path, or by the path and process at its other end."""
     described = {}
     for fd in sorted(fds):
         try:
             described[fd] = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if described[fd].startswith("socket:["):  # which Unix socket: says whose it is
-            described[fd] += _unix_socket_path(described[fd][8:-1])
+    if any(target.startswith("socket:[") for target in described.values()):
+        sockets = _unix_sockets()
+        for fd, target in described.items():
+            socket = sockets.get(target[len("socket:[") : target.find("]")])
+            if socket is not None:
+                described[fd] += f" {socket.describe(sockets.get(socket.peer))}"
     return described
 
 
-def _unix_socket_path(inode: str) -> str:
+@dataclasses.dataclass
+class UnixSocket:
+    path: str
+    peer: str  # the inode of the other end
+    users: str  # as ss shows them: users:(("python",pid=..,fd=..))
+
+    @property
+    def pids(self) -> set[int]:
+        return {int(pid) for pid in re.findall(r"pid=(\d+)", self.users)}
+
+    def describe(self, peer: UnixSocket | None) -> str:
+        if self.path != "*":
+            return self.path
+        if peer is None:
+            return "(unnamed unix socket)"
+        return f"(unnamed unix socket; its peer: {peer.path} {peer.users})"
+
+
+def _unix_sockets() -> dict[str, UnixSocket]:
+    """Every Unix socket of the machine by inode, from ``ss`` (empty if it cannot be run)."""
     try:
-        with open("/proc/net/unix") as table:
-            for line in table:
-                fields = line.split()
-                if len(fields) >= 7 and fields[6] == inode:
-                    return f" {fields[7]}" if len(fields) > 7 else " (unnamed unix socket)"
-    except OSError:
-        pass
-    return ""
+        table = subprocess.run(["ss", "-xapn"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    sockets = {}
+    for row in (line.split() for line in table.splitlines()[1:]):
+        if len(row) >= 8:  # Netid State Recv-Q Send-Q Path Inode PeerPath PeerInode [Process]
+            sockets[row[5]] = UnixSocket(path=row[4], peer=row[7], users=" ".join(row[8:]))
+    return sockets
 
 
 @pytest.fixture(autouse=True, scope="session")

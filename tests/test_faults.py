@@ -136,7 +136,24 @@ def test_output_interleaved_with_a_threads_big_writes_arrives_whole(caplog):
 
 def test_output_written_to_file_descriptor_1_is_captured(run):
     r = run("import os\nos.write(1, b'through fd 1\\n')\nprint('through print')", bound=10)
-    assert r.ok and "through fd 1\n" in r.stdout and "through print\n" in r.stdout
+    assert r.ok and r.stdout == "through fd 1\nthrough print\n"
+
+
+def test_descriptor_and_print_output_keep_the_order_they_were_written_in(run):
+    code = "import os\nfor i in range(300):\n    _ = os.write(1, b'fd %d\\n' % i)\n    print('py', i)"
+    r = run(code, bound=20)
+    assert r.ok and r.stdout == "".join(f"fd {i}\npy {i}\n" for i in range(300))
+
+
+def test_a_child_process_output_lands_between_the_prints_around_it(run):
+    code = "import subprocess\nprint('before')\n_ = subprocess.run('echo child', shell=True)\nprint('after')"
+    r = run(code, bound=10)
+    assert r.ok and r.stdout == "before\nchild\nafter\n"
+
+
+def test_a_character_split_across_descriptor_writes_is_decoded_whole(run):
+    r = run("import os\nfor byte in 'né\\n'.encode():\n    _ = os.write(1, bytes([byte]))", bound=10)
+    assert r.ok and r.stdout == "né\n"
 
 
 def test_bytes_written_to_sys_stdout_buffer_are_decoded(run):
