@@ -135,6 +135,7 @@ class OutputCollector:
         self.msg_id = msg_id
         self.reply: dict[str, Any] | None = None
         self.idle = False
+        self.started = False  # the kernel said it runs the code (execute_input or output)
         self.timing: dict[str, str] = {}
         self.truncated_bytes = 0
         self._head_limit = max_output_bytes // 2
@@ -169,7 +170,9 @@ class OutputCollector:
                 self.reply = msg["content"]
         elif msg_type == "status":
             self.idle = self.idle or msg["content"].get("execution_state") == "idle"
-        elif msg_type in OUTPUT_TYPES:
+            return
+        self.started = True
+        if msg_type in OUTPUT_TYPES:
             display_id = msg["content"].get("transient", {}).get("display_id")
             self._add(output_from_msg(msg), display_id)
         elif msg_type == "clear_output":

@@ -30,6 +30,8 @@ MAX_MESSAGE_CHARS = 256 * 1024
 YIELD_EVERY_MESSAGES = 16
 # How long a call waits for its idle status once the reply is in and the kernel is quiet.
 IDLE_AFTER_REPLY_SECONDS = 3.0
+# How long it waits for its reply once the idle status is in: the kernel sends the reply first.
+REPLY_AFTER_IDLE_SECONDS = 0.5
 _BOOTSTRAP_SOURCE = inspect.getsource(_kernel_side)
 
 KernelSource = Callable[[], Awaitable[KernelBackend]]
@@ -128,13 +130,18 @@ async def pump(
         left = deadline - now
         if left <= 0:
             return DEADLINE
-        if collector.reply is not None:
-            # The reply is in; only the idle status is missing. Kernels kernelexec prepared never
-            # drop it, others may (IOPub drops messages past its high-water mark): after a quiet
-            # spell, the call is over rather than timed out.
-            quiet_left = last_message_at + IDLE_AFTER_REPLY_SECONDS - now
+        if collector.reply is not None or collector.idle:
+            # One of the two is in. The idle status can go missing from kernels kernelexec did not
+            # prepare (IOPub drops messages past its high-water mark), and ipykernel sends no reply
+            # for a request an interrupt hit just before the code started: after a quiet spell,
+            # the call is over rather than timed out.
+            quiet = IDLE_AFTER_REPLY_SECONDS if collector.reply is not None else REPLY_AFTER_IDLE_SECONDS
+            quiet_left = last_message_at + quiet - now
             if quiet_left <= 0:
-                log.warning("no idle status %gs after the reply; ending the call", IDLE_AFTER_REPLY_SECONDS)
+                if collector.reply is not None:
+                    log.warning("no idle status %gs after the reply; ending the call", quiet)
+                else:
+                    log.debug("no reply %gs after the idle status; ending the call", quiet)
                 return None
             left = min(left, quiet_left)
         received += 1

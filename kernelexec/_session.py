@@ -38,6 +38,9 @@ from ._traceback import error_payload, frames_from_payload
 T = TypeVar("T")
 log = logging.getLogger("kernelexec")
 
+# How long an interrupt waits for the kernel to say it runs the code before it is sent anyway.
+INTERRUPT_START_WAIT_SECONDS = 0.5
+
 @dataclass
 class _Call:
     """The execute request in flight, so that ``interrupt()`` can mark it."""
@@ -45,6 +48,7 @@ class _Call:
     collector: OutputCollector
     interrupted: bool = False
     timed_out: bool = False
+    pending_interrupt: asyncio.Task[None] | None = None  # waits for the code to start
 
 
 @dataclass(frozen=True)
@@ -262,7 +266,7 @@ class AsyncSession(_SessionBase):
         call, kernel = self._state.call, self._state.kernel
         if call is not None and kernel is not None:
             call.interrupted = True
-            await kernel.interrupt()
+            await _interrupt(call, kernel)
 
     async def restart(self) -> None:
         """Replace the kernel with a fresh one; all state in the kernel is lost.
@@ -378,13 +382,14 @@ class AsyncSession(_SessionBase):
                 if outcome is DEADLINE:
                     call.timed_out = True
                     grace_ends = time.monotonic() + self._options.interrupt_grace  # interrupting takes time
-                    await kernel.interrupt()
+                    await _interrupt(call, kernel)
                     outcome = await pump(kernel, collector, grace_ends, self._options.input_handler)
             except asyncio.CancelledError:
                 await asyncio.shield(_interrupt_quietly(kernel))
                 raise
             finally:
                 self._state.call = None
+                await _drop_pending_interrupt(call)
             restarted = outcome is not None and await self._replace_kernel()
             return self._result(code, call, outcome, time.monotonic() - started, time_limit, restarted)
         finally:
@@ -547,6 +552,12 @@ def _outcome(
         return "timeout", ErrorInfo(
             "TimeoutError", f"Execution exceeded the time limit of {limit}", traceback, frames
         )
+    if not reply:
+        if call.interrupted:
+            return "interrupted", ErrorInfo(
+                "KeyboardInterrupt", "interrupted before the code started; the kernel did not run it"
+            )
+        return "error", ErrorInfo("NoReply", "the kernel finished this request without a reply")
     status = reply.get("status")
     if status == "ok":
         return "ok", None
@@ -580,6 +591,40 @@ def _discard_spill(collector: OutputCollector) -> None:
         spill.close()
     with contextlib.suppress(OSError):
         os.unlink(spill.name)
+
+
+async def _interrupt(call: _Call, kernel: KernelBackend) -> None:
+    """Interrupt the call's code once the kernel runs it.
+
+    An interrupt that comes earlier is lost: ipykernel ignores SIGINT until it takes the request,
+    and one that arrives after it took the request but before the code started makes it drop
+    the request without a reply. So until the kernel says it started (``execute_input``, or a
+    first output), the interrupt waits in a task of its own while the call goes on reading; a
+    kernel that does not say so within ``INTERRUPT_START_WAIT_SECONDS`` is interrupted anyway.
+    """
+    if call.collector.started:
+        await kernel.interrupt()
+    elif call.pending_interrupt is None:
+        call.pending_interrupt = asyncio.create_task(_interrupt_once_started(call, kernel))
+
+
+async def _interrupt_once_started(call: _Call, kernel: KernelBackend) -> None:
+    gives_up_at = time.monotonic() + INTERRUPT_START_WAIT_SECONDS
+    while not call.collector.started and time.monotonic() < gives_up_at:
+        await asyncio.sleep(0.002)
+    await kernel.interrupt()
+
+
+async def _drop_pending_interrupt(call: _Call) -> None:
+    """The call is over: an interrupt still waiting for it must not hit the next one."""
+    task = call.pending_interrupt
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("interrupting the kernel failed", exc_info=task.exception())
 
 
 async def _interrupt_quietly(kernel: KernelBackend) -> None:

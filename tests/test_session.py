@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import threading
 import time
@@ -162,6 +163,41 @@ def test_interrupt_from_another_thread():
         assert r.status == "interrupted" and r.error.ename == "KeyboardInterrupt"
         assert r.stdout == "working\n" and r.exec_time < 10
         assert s.execute("2 + 2").result == "4"
+
+
+def test_an_interrupt_sent_as_the_call_begins_interrupts_it():
+    """Before this was handled, about one early interrupt in eight was lost (the code ran to its
+    end) and one in twenty left the call waiting for a reply until its timeout."""
+    rng = random.Random(7)
+    with kx.Session(timeout=20, interrupt_grace=1) as s:
+        for _ in range(30):
+            results: list[kx.ExecutionResult] = []
+            call = threading.Thread(target=lambda: results.append(s.execute("import time; time.sleep(5)")))
+            call.start()
+            while s._state.call is None and call.is_alive():  # the request is on its way
+                time.sleep(0.0001)
+            time.sleep(rng.uniform(0, 0.003))
+            s.interrupt()
+            call.join()
+            (r,) = results
+            assert r.status == "interrupted" and r.error.ename == "KeyboardInterrupt", r
+            assert r.exec_time < 2.5 and not r.restarted
+        assert s.execute("2 + 2").result == "4"
+
+
+def test_a_request_the_kernel_drops_without_a_reply_ends_at_once(warm_session):
+    """ipykernel sends no reply for a request that a KeyboardInterrupt hits before the code
+    starts; here its handler raises one itself (once) to make that happen every time."""
+    warm_session.execute(
+        "_k = get_ipython().kernel\n_original = _k.shell_handlers['execute_request']\n"
+        "def _dropping(*args):\n    _k.shell_handlers['execute_request'] = _original\n"
+        "    raise KeyboardInterrupt\n_k.shell_handlers['execute_request'] = _dropping"
+    )
+    started = time.monotonic()
+    r = warm_session.execute("print('never runs')")
+    assert time.monotonic() - started < 3  # not the session's 30 s timeout
+    assert r.status == "error" and r.error.ename == "NoReply" and r.stdout == ""
+    assert warm_session.execute("2 + 2").result == "4"
 
 
 def test_interrupt_when_idle_does_nothing(warm_session):
