@@ -1,9 +1,12 @@
-"""Client memory and time for a huge print: kernelexec keeps head + tail, so the client stays small.
+"""Output through kernelexec next to raw jupyter_client, in one run.
 
-Run: python benchmarks/output.py [--megabytes 1000]
+Run: python benchmarks/output.py [--megabytes 1000] [--prints 200000]
 
-Prints the client's peak RSS (this process: the kernel is a separate process) before and after,
-next to the same print through raw jupyter_client, which holds the whole text.
+- A huge print: kernelexec keeps head + tail, so the client stays small. Prints the client's peak
+  RSS (the kernel is a separate process) before and after, next to raw jupyter_client, which
+  holds the whole text.
+- Many small prints: the time of a call making ``--prints`` print calls, which shows the cost of
+  kernelexec's kernel-side write path (keeping fd output in order, pacing) over stock ipykernel.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ import textwrap
 CHILD = textwrap.dedent(
     """
     import resource, sys, time
-    megabytes = int(sys.argv[2])
-    code = f"print('x' * {megabytes} * 2**20)"
+    code = sys.argv[2]
     def peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if sys.argv[1] == "kernelexec":
         import kernelexec as kx
-        with kx.Session(timeout=600) as s:
+        with kx.Session(timeout=600, env={"PYTEST_CURRENT_TEST": None}) as s:
             base = peak()
             started = time.perf_counter()
             r = s.execute(code)
@@ -49,10 +51,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def measure(client: str, megabytes: int) -> tuple[float, float, float, int, int]:
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, client, str(megabytes)], capture_output=True, text=True, check=True
-    )
+def measure(client: str, code: str) -> tuple[float, float, float, int, int]:
+    done = subprocess.run([sys.executable, "-c", CHILD, client, code], capture_output=True, text=True, check=True)
     base, peak, elapsed, kept, dropped = done.stdout.split()
     return float(base), float(peak), float(elapsed), int(kept), int(dropped)
 
@@ -60,12 +60,18 @@ def measure(client: str, megabytes: int) -> tuple[float, float, float, int, int]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=1000)
+    parser.add_argument("--prints", type=int, default=200_000)
     args = parser.parse_args()
     for client in ("kernelexec", "raw"):
-        base, peak, elapsed, kept, dropped = measure(client, args.megabytes)
+        base, peak, elapsed, kept, dropped = measure(client, f"print('x' * {args.megabytes} * 2**20)")
         print(f"{client:10s} print of {args.megabytes} MiB: client peak RSS {peak:.0f} MB "
               f"(was {base:.0f} MB before the call), {elapsed:.1f} s, kept {kept:,} chars, "
               f"dropped {dropped:,} bytes")
+    times = {}
+    for client in ("kernelexec", "raw"):
+        times[client] = min(measure(client, f"for i in range({args.prints}): print(i)")[2] for _ in range(3))
+        print(f"{client:10s} {args.prints:,} print calls: {times[client]:.2f} s (best of 3)")
+    print(f"ratio kernelexec / raw: {times['kernelexec'] / times['raw']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -118,8 +118,7 @@ def _bound_iopub(streams, max_chars):
       client's memory.
     - A stream message longer than ``max_chars`` goes out as several bounded ones, through a hook
       on ipykernel's public message-hook API. Hooks are per thread and stream messages are sent
-      from the I/O thread, so they are registered there. (Wrapping ``write`` instead does not
-      last: IPython 9 re-wraps and restores ``sys.stdout.write`` around every cell.)
+      from the I/O thread, so they are registered there.
     """
     import zmq
 
@@ -136,35 +135,8 @@ def _bound_iopub(streams, max_chars):
 
     pub_thread.schedule(on_io_thread)
     for stream in streams:
-        _pace_writes(stream, max_chars)
         if not hasattr(stream, "buffer"):
             stream.buffer = _BinaryStream(stream)
-
-
-def _pace_writes(stream, max_chars):
-    """Flush a stream as soon as ``max_chars`` are buffered in it, and wait for the send.
-
-    ipykernel buffers writes and sends them every 0.2 s: code printing in a loop would pile up
-    gigabytes in the kernel between two sends, and its output would reach the client seconds
-    late (after the call's timeout). Flushing waits for the I/O thread, which waits for the
-    client: a flood streams at the client's pace. The hook is ``_schedule_flush``, which every
-    write calls, on the class: IPython 9 re-wraps and restores the instance's ``write`` around
-    every cell, so ``write`` itself cannot be hooked for good.
-    """
-    base = type(stream)
-    if not hasattr(base, "_schedule_flush") or not isinstance(getattr(stream, "_buffers", None), dict):
-        return  # another ipykernel: its own pace
-
-    class PacedStream(base):
-        def _schedule_flush(self):
-            with self._buffer_lock:
-                buffered = sum(buffer.tell() for buffer in self._buffers.values())
-            if buffered >= max_chars:
-                self.flush()
-            else:
-                base._schedule_flush(self)
-
-    stream.__class__ = PacedStream
 
 
 def _splitter(stream, pub_thread, max_chars):
@@ -208,19 +180,109 @@ def _unbounded_event_pipe(pub_thread):
         old.close()
 
 
-def _forward_fd_output_in_order(shell, streams):
-    """Forward output written to file descriptors 1 and 2 in the order it was written.
+def _take_over_writes(shell, streams, max_chars):
+    """Every write to the streams keeps fd output in order and the kernel's buffer bounded.
 
-    ipykernel forwards such output (``os.write(1, ...)``, subprocesses, C libraries) from a pipe
-    through a reader thread, whenever that thread gets to it: a ``print`` right after an
-    ``os.write`` could come out first or split in two around it, and output written just before
-    a cell ends could be reported after the call. Here the pipe is drained, under one lock per
-    stream, by whoever comes first: a reader thread when the pipe has data, every write to the
-    stream before its own text, and the end of every cell before its reply goes out.
+    - Output written to file descriptors 1 and 2 (``os.write(1, ...)``, subprocesses, C
+      libraries) reaches ipykernel through a pipe and a reader thread, whenever that thread gets
+      to it: a ``print`` right after an ``os.write`` could come out first or split in two around
+      it, and output written just before a cell ends could be reported after the call. Here the
+      pipe is drained, under one lock per stream, by whoever comes first: a reader thread when
+      the pipe has data, every write before its own text, and the end of every cell.
+    - ipykernel buffers writes and sends them every 0.2 s: code printing in a loop would pile up
+      gigabytes in the kernel between two sends, and its output would reach the client seconds
+      late (after the call's timeout). Once ``max_chars`` are buffered, the stream is flushed
+      and the write waits for the send, which waits for the client: a flood streams at the
+      client's pace.
     """
-    forwarders = [forwarder for forwarder in map(_FdForwarder.take_over, streams) if forwarder]
+    forwarders = []
+    for stream in streams:
+        pacer = _Pacer.for_stream(stream, max_chars)
+        forwarder = _FdForwarder.take_over(stream, pacer)
+        stream.__dict__.pop("write", None)
+        stream.__class__ = _stream_class(type(stream), forwarder, pacer)
+        if forwarder is not None:
+            forwarder.start()
+            forwarders.append(forwarder)
     if forwarders:
         shell.events.register("post_execute", lambda *_: [forwarder.drain() for forwarder in forwarders])
+
+
+def _stream_class(base, forwarder, pacer):
+    """``base`` with a ``write`` that drains the descriptor's pipe first and paces after.
+
+    ``write`` is a property so that it also wraps whatever is assigned to the instance's
+    ``write``: IPython 9 replaces it with a recording wrapper around every cell, then puts the
+    method it found back.
+    """
+
+    def wrapping(inner):
+        if forwarder is None and pacer is None:
+            return inner
+        if forwarder is not None:
+            count_pending, pending, busy = forwarder.fast_check()
+
+        def write(text, *args, **kwargs):
+            # Almost every write finds the pipe empty and the lock free: nothing written before
+            # it is on its way (the reader reads only under the lock). This check is the cost of
+            # every write, so it is made of C calls only.
+            if forwarder is not None:
+                try:
+                    count_pending()
+                except OSError:
+                    pass
+                else:
+                    if pending[0] or busy():
+                        forwarder.drain()
+            result = inner(text, *args, **kwargs)
+            if pacer is not None:
+                pacer.wrote(len(text))
+            return result
+
+        write.kernelexec_inner = inner
+        return write
+
+    def get_write(self):
+        wrapped = self.__dict__.get("_kernelexec_write")
+        if wrapped is None:
+            wrapped = self.__dict__["_kernelexec_write"] = wrapping(base.write.__get__(self))
+        return wrapped
+
+    def set_write(self, value):
+        self.__dict__["_kernelexec_write"] = wrapping(getattr(value, "kernelexec_inner", value))
+
+    def reset_write(self):
+        self.__dict__.pop("_kernelexec_write", None)
+
+    write = property(get_write, set_write, reset_write)
+    return type("KernelexecStream", (base,), {"write": write, "__module__": __name__})
+
+
+class _Pacer(object):
+    """Flushes a stream, and waits for the send, once ``max_chars`` are buffered in it."""
+
+    @classmethod
+    def for_stream(cls, stream, max_chars):
+        if not isinstance(getattr(stream, "_buffers", None), dict) or not hasattr(stream, "_buffer_lock"):
+            return None  # another ipykernel: its own pace
+        return cls(stream, max_chars)
+
+    def __init__(self, stream, max_chars):
+        self._stream = stream
+        self._max_chars = max_chars
+        self._unchecked = 0  # characters written since the buffer was last measured
+
+    def wrote(self, chars):
+        """Count ``chars`` written; measure the buffer (rarely) and flush it when full."""
+        self._unchecked += chars
+        if self._unchecked < self._max_chars:
+            return
+        self._unchecked = 0
+        stream = self._stream
+        with stream._buffer_lock:
+            buffered = sum(buffer.tell() for buffer in stream._buffers.values())
+        if buffered >= self._max_chars:
+            stream.flush()
 
 
 class _FdForwarder(object):
@@ -229,10 +291,9 @@ class _FdForwarder(object):
     CHUNK = 65536
 
     @classmethod
-    def take_over(cls, stream):
-        """Replace ipykernel's reader thread of ``stream``'s pipe by one that drains it under the
-        lock, and make every write drain it first; None (ipykernel's thread kept) for a stream
-        or platform this cannot handle."""
+    def take_over(cls, stream, pacer):
+        """Stop ipykernel's reader thread of ``stream``'s pipe, to be replaced by ``start()``;
+        None (ipykernel's thread kept) for a stream or platform this cannot handle."""
         try:
             import fcntl  # noqa: F401 (POSIX only)
 
@@ -247,16 +308,9 @@ class _FdForwarder(object):
         stream._should_watch = True
         if old_reader.is_alive():
             return None
-        base = type(stream)
-        forwarder = cls(stream, fid, base.write)
-        stream.__dict__.pop("write", None)
-        stream.__class__ = _ordered_stream_class(base, forwarder)
-        stream.watch_fd_thread = threading.Thread(target=forwarder.read_forever, name="kernelexec-fd-reader")
-        stream.watch_fd_thread.daemon = True
-        stream.watch_fd_thread.start()
-        return forwarder
+        return cls(stream, fid, type(stream).write, pacer)
 
-    def __init__(self, stream, fid, write):
+    def __init__(self, stream, fid, write, pacer):
         import array
         import codecs
         import fcntl
@@ -264,6 +318,7 @@ class _FdForwarder(object):
 
         self._stream = stream
         self._write = write  # the stream class's own write, which does not drain
+        self._pacer = pacer
         self._fid = fid
         self._lock = threading.Lock()
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -273,8 +328,27 @@ class _FdForwarder(object):
         # A forked child shares the pipe but not the reader thread, which may have held the lock.
         os.register_at_fork(after_in_child=self._disable)
 
+    def start(self):
+        """Start the reader thread, where ``close()`` of the stream looks for it."""
+        reader = threading.Thread(target=self._read_forever, name="kernelexec-fd-reader")
+        reader.daemon = True
+        self._stream.watch_fd_thread = reader
+        reader.start()
+
     def _disable(self):
         self._enabled = False
+
+    def fast_check(self):
+        """``(count_pending, pending, busy)``: ``count_pending()`` puts the number of bytes waiting
+        in the pipe in ``pending[0]``; ``busy()`` says whether someone is forwarding."""
+        import array
+        import functools
+
+        ioctl, request = self._count_query
+        # Shared by the writing threads: one may read the count another's query, made at about
+        # the same time, put there.
+        pending = array.array("i", [0])
+        return functools.partial(ioctl, self._fid, request, pending, True), pending, self._lock.locked
 
     def pending(self):
         """How many bytes wait in the pipe."""
@@ -284,10 +358,6 @@ class _FdForwarder(object):
         except OSError:
             return 0
         return self._count[0]
-
-    def busy(self):
-        """Whether someone is forwarding what they read from the pipe."""
-        return self._lock.locked()
 
     def drain(self):
         """Forward everything now in the pipe (and whatever the reader thread is forwarding)."""
@@ -300,13 +370,16 @@ class _FdForwarder(object):
             while pending > 0:
                 data = os.read(self._fid, min(pending, self.CHUNK))
                 pending -= len(data)
-                self._write(self._stream, self._decoder.decode(data))
+                text = self._decoder.decode(data)
+                self._write(self._stream, text)
                 try:  # as ipykernel does: a copy to the original descriptor (the stderr file)
                     os.write(self._stream._original_stdstream_copy, data)
                 except OSError:
                     pass
+                if self._pacer is not None:
+                    self._pacer.wrote(len(text))
 
-    def read_forever(self):
+    def _read_forever(self):
         import select
 
         poller = select.poll()
@@ -322,43 +395,6 @@ class _FdForwarder(object):
                 self.drain()
         except (OSError, ValueError):  # the stream or its pipe was closed under us
             return
-
-
-def _ordered_stream_class(base, forwarder):
-    """``base`` with a ``write`` that drains the descriptor's pipe before writing.
-
-    ``write`` is a property so that it also wraps whatever is assigned to the instance's
-    ``write``: IPython 9 replaces it with a recording wrapper around every cell, then puts the
-    method it found back.
-    """
-
-    pending, busy, drain = forwarder.pending, forwarder.busy, forwarder.drain
-
-    def draining(inner):
-        def write(text, *args, **kwargs):
-            # Almost every write finds the pipe empty and the lock free: nothing written before
-            # it is on its way (the reader reads only under the lock).
-            if pending() or busy():
-                drain()
-            return inner(text, *args, **kwargs)
-
-        write.kernelexec_inner = inner
-        return write
-
-    def get_write(self):
-        wrapped = self.__dict__.get("_kernelexec_write")
-        if wrapped is None:
-            wrapped = self.__dict__["_kernelexec_write"] = draining(base.write.__get__(self))
-        return wrapped
-
-    def set_write(self, value):
-        self.__dict__["_kernelexec_write"] = draining(getattr(value, "kernelexec_inner", value))
-
-    def reset_write(self):
-        self.__dict__.pop("_kernelexec_write", None)
-
-    write = property(get_write, set_write, reset_write)
-    return type("OrderedStream", (base,), {"write": write, "__module__": __name__})
 
 
 def _keep_kernel_on_exit(shell):
@@ -449,9 +485,9 @@ def install(max_message_chars, memory_limit=None, max_processes=None, max_bundle
     _report_errors(shell)
     _flush_output_before_hard_exit()
     _keep_kernel_on_exit(shell)
-    _forward_fd_output_in_order(shell, (sys.stdout, sys.stderr))
     if max_bundle_chars:
         _drop_huge_displays(shell, max_bundle_chars)
     streams = [stream for stream in (sys.stdout, sys.stderr) if hasattr(stream, "register_hook")]
     if streams:  # ipykernel's OutStreams
         _bound_iopub(streams, max_message_chars)
+        _take_over_writes(shell, streams, max_message_chars)
