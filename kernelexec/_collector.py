@@ -136,6 +136,8 @@ class OutputCollector:
         self.reply: dict[str, Any] | None = None
         self.idle = False
         self.started = False  # the kernel said it runs the code (execute_input or output)
+        # An interrupt was sent while the request ran: the kernel may finish it without a reply.
+        self.interrupt_sent = False
         self.timing: dict[str, str] = {}
         self.truncated_bytes = 0
         self._head_limit = max_output_bytes // 2

@@ -297,17 +297,20 @@ class _FdForwarder(object):
         try:
             import fcntl  # noqa: F401 (POSIX only)
 
-            fid, old_reader = stream._fid, stream.watch_fd_thread
-            if not (isinstance(fid, int) and old_reader.is_alive() and stream._should_watch):
-                return None
-            stream._should_watch = False  # ipykernel's reader leaves after its next read:
-            os.write(stream._original_stdstream_fd, b"\0")  # what ipykernel's close() does
+            fid, old_reader, watching = stream._fid, stream.watch_fd_thread, stream._should_watch
+            wake_fd, _ = stream._original_stdstream_fd, stream._original_stdstream_copy
+        except (AttributeError, ImportError):
+            return None
+        if not (isinstance(fid, int) and watching and old_reader.is_alive()):
+            return None
+        stream._should_watch = False  # ipykernel's reader leaves after its next read:
+        try:
+            os.write(wake_fd, b"\0")  # what ipykernel's close() does
             old_reader.join(2)
-        except (AttributeError, ImportError, OSError):
-            return None
-        stream._should_watch = True
+        finally:
+            stream._should_watch = True
         if old_reader.is_alive():
-            return None
+            return None  # still ipykernel's
         return cls(stream, fid, type(stream).write, pacer)
 
     def __init__(self, stream, fid, write, pacer):
@@ -321,6 +324,7 @@ class _FdForwarder(object):
         self._pacer = pacer
         self._fid = fid
         self._lock = threading.Lock()
+        self._holder = None  # the thread in drain(): a signal handler there that prints must not wait
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._count = array.array("i", [0])
         self._count_query = (fcntl.ioctl, termios.FIONREAD)
@@ -360,24 +364,38 @@ class _FdForwarder(object):
         return self._count[0]
 
     def drain(self):
-        """Forward everything now in the pipe (and whatever the reader thread is forwarding)."""
+        """Forward everything now in the pipe (and whatever the reader thread is forwarding).
+
+        Under the lock the pipe is only read into the stream's buffer, which never waits; pacing,
+        which may wait for the client, comes after. (A flush that times out prints to fd 2: if
+        the reader thread waited on it holding the lock, nobody could empty the pipe.)
+        """
         if not self._enabled:
             return
+        me = threading.get_ident()
+        if self._holder == me:
+            return  # a signal handler or finaliser writing in the middle of our own drain
+        forwarded = 0
         with self._lock:
-            if not self._stream._should_watch:
-                return  # closed: the byte that wakes the reader must be left for it
-            pending = self.pending()
-            while pending > 0:
-                data = os.read(self._fid, min(pending, self.CHUNK))
-                pending -= len(data)
-                text = self._decoder.decode(data)
-                self._write(self._stream, text)
-                try:  # as ipykernel does: a copy to the original descriptor (the stderr file)
-                    os.write(self._stream._original_stdstream_copy, data)
-                except OSError:
-                    pass
-                if self._pacer is not None:
-                    self._pacer.wrote(len(text))
+            self._holder = me
+            try:
+                if not self._stream._should_watch:
+                    return  # closed: the byte that wakes the reader must be left for it
+                pending = self.pending()
+                while pending > 0:
+                    data = os.read(self._fid, min(pending, self.CHUNK))
+                    pending -= len(data)
+                    text = self._decoder.decode(data)
+                    self._write(self._stream, text)
+                    forwarded += len(text)
+                    try:  # as ipykernel does: a copy to the original descriptor (the stderr file)
+                        os.write(self._stream._original_stdstream_copy, data)
+                    except OSError:
+                        pass
+            finally:
+                self._holder = None
+        if forwarded and self._pacer is not None:
+            self._pacer.wrote(forwarded)
 
     def _read_forever(self):
         import select

@@ -30,7 +30,7 @@ MAX_MESSAGE_CHARS = 256 * 1024
 YIELD_EVERY_MESSAGES = 16
 # How long a call waits for its idle status once the reply is in and the kernel is quiet.
 IDLE_AFTER_REPLY_SECONDS = 3.0
-# How long it waits for its reply once the idle status is in: the kernel sends the reply first.
+# How long it waits for its reply once the idle status is in, when it interrupted the kernel.
 REPLY_AFTER_IDLE_SECONDS = 0.5
 _BOOTSTRAP_SOURCE = inspect.getsource(_kernel_side)
 
@@ -130,7 +130,11 @@ async def pump(
         left = deadline - now
         if left <= 0:
             return DEADLINE
-        if collector.reply is not None or collector.idle:
+        if collector.idle and collector.reply is None and not collector.interrupt_sent:
+            # The reply is on its way, however late (ipykernel 7 sends it from a thread that may
+            # wait for the GIL); look again soon, in case an interrupt goes out meanwhile.
+            left = min(left, REPLY_AFTER_IDLE_SECONDS)
+        elif collector.reply is not None or collector.idle:
             # One of the two is in. The idle status can go missing from kernels kernelexec did not
             # prepare (IOPub drops messages past its high-water mark), and ipykernel sends no reply
             # for a request an interrupt hit just before the code started: after a quiet spell,

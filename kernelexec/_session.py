@@ -596,22 +596,27 @@ def _discard_spill(collector: OutputCollector) -> None:
 async def _interrupt(call: _Call, kernel: KernelBackend) -> None:
     """Interrupt the call's code once the kernel runs it.
 
-    An interrupt that comes earlier is lost: ipykernel ignores SIGINT until it takes the request,
-    and one that arrives after it took the request but before the code started makes it drop
-    the request without a reply. So until the kernel says it started (``execute_input``, or a
-    first output), the interrupt waits in a task of its own while the call goes on reading; a
-    kernel that does not say so within ``INTERRUPT_START_WAIT_SECONDS`` is interrupted anyway.
+    An early interrupt goes wrong: ipykernel ignores SIGINT until it takes the request, and one
+    that arrives after it took the request but before the code runs makes it drop the request
+    without a reply. So until the kernel says it started (``execute_input``, or a first output),
+    the interrupt waits in a task of its own while the call goes on reading; a kernel that does
+    not say so within ``INTERRUPT_START_WAIT_SECONDS`` is interrupted anyway. ipykernel still
+    has a few steps to take after ``execute_input``: a request dropped there ends soon after its
+    idle status (see ``pump``). Later interrupts of the call while one waits are that one.
     """
-    if call.collector.started:
-        await kernel.interrupt()
-    elif call.pending_interrupt is None:
-        call.pending_interrupt = asyncio.create_task(_interrupt_once_started(call, kernel))
+    if not call.collector.started:
+        if call.pending_interrupt is None:
+            call.pending_interrupt = asyncio.create_task(_interrupt_once_started(call, kernel))
+        return
+    call.collector.interrupt_sent = True
+    await kernel.interrupt()
 
 
 async def _interrupt_once_started(call: _Call, kernel: KernelBackend) -> None:
     gives_up_at = time.monotonic() + INTERRUPT_START_WAIT_SECONDS
     while not call.collector.started and time.monotonic() < gives_up_at:
         await asyncio.sleep(0.002)
+    call.collector.interrupt_sent = True
     await kernel.interrupt()
 
 
@@ -621,8 +626,7 @@ async def _drop_pending_interrupt(call: _Call) -> None:
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    await asyncio.wait([task])  # unlike awaiting the task, a cancellation of ours still raises
     if not task.cancelled() and task.exception() is not None:
         log.debug("interrupting the kernel failed", exc_info=task.exception())
 

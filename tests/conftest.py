@@ -57,9 +57,11 @@ class Baseline:
     def _new_fds(self) -> dict[int, str]:
         """Open fds that were not open at the baseline (those closed meanwhile drop out).
 
-        A connection to a kernel that was already running at the baseline (a module's warm
-        session) is not counted: ZMQ re-establishes the connections of a long-lived session on
-        new fds at times of its own choosing (seen on the stdin socket of a module's session).
+        A new connection to a kernel that was already running at the baseline (a module's warm
+        session) is not counted: ZMQ makes a connection whose first attempt found no socket yet
+        on its own timer, and may remake one on a new fd. (Seen for the stdin socket, which
+        sessions now wait for at start; jupyter_client's control socket is made the same way.)
+        A test that leaked a connection to an older kernel would go unnoticed.
         """
         new = _describe_fds(_open_fds() - self.fds)
         if any(target.startswith("socket:[") for target in new.values()):
@@ -160,15 +162,29 @@ class UnixSocket:
 
 
 def _unix_sockets() -> dict[str, UnixSocket]:
-    """Every Unix socket of the machine by inode, from ``ss`` (empty if it cannot be run)."""
+    """Every Unix socket of the machine by inode, from ``ss``; without it, from /proc/net/unix,
+    which names no peers."""
     try:
         table = subprocess.run(["ss", "-xapn"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return {}
+        return _unix_sockets_without_peers()
     sockets = {}
     for row in (line.split() for line in table.splitlines()[1:]):
         if len(row) >= 8:  # Netid State Recv-Q Send-Q Path Inode PeerPath PeerInode [Process]
             sockets[row[5]] = UnixSocket(path=row[4], peer=row[7], users=" ".join(row[8:]))
+    return sockets
+
+
+def _unix_sockets_without_peers() -> dict[str, UnixSocket]:
+    sockets = {}
+    try:
+        with open("/proc/net/unix") as table:
+            for fields in (line.split() for line in list(table)[1:]):
+                if len(fields) >= 7:  # Num RefCount Protocol Flags Type St Inode [Path]
+                    path = fields[7] if len(fields) > 7 else "*"
+                    sockets[fields[6]] = UnixSocket(path=path, peer="", users="")
+    except OSError:
+        pass
     return sockets
 
 
