@@ -157,6 +157,19 @@ def test_a_character_split_across_descriptor_writes_is_decoded_whole(run):
     assert r.ok and r.stdout == "né\n"
 
 
+def test_a_signal_handler_that_prints_while_descriptor_output_is_forwarded(run):
+    """The handler can run inside the forwarding of the same thread (which holds its lock)."""
+    code = (
+        "import os, random, signal\nsignal.signal(signal.SIGALRM, lambda *_: print('tick'))\n"
+        "for i in range(2000):\n    signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-5, 3e-4))\n"
+        "    _ = os.write(1, b'fd\\n')\n    print(i)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0)\nsignal.signal(signal.SIGALRM, signal.SIG_DFL)\nprint('done')"
+    )
+    r = run(code, bound=20)
+    assert r.ok and r.stdout.endswith("done\n"), r
+    assert r.stdout.count("fd\n") == 2000
+
+
 def test_bytes_written_to_sys_stdout_buffer_are_decoded(run):
     r = run("import sys\nsys.stdout.buffer.write('naïve\\n'.encode())\nsys.stdout.flush()", bound=10)
     assert r.ok and r.stdout == "naïve\n"
