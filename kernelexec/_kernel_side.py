@@ -12,10 +12,10 @@ What it installs:
   know, and the payload costs no extra round trip.
 - Bounded output: big writes to stdout/stderr become a series of bounded stream messages the
   client truncates as they come; a display or result bigger than the output budget becomes a
-  short note; the IOPub socket waits for a slow client instead of dropping messages; output
-  written to file descriptors 1 and 2 reaches the call that wrote it, in order with the rest of
-  the output; the streams get a
-  ``buffer`` for code that writes bytes.
+  short note; the IOPub socket waits for a slow client instead of dropping messages; a flood is
+  sent at the client's pace; output written to file descriptors 1 and 2 reaches the call that
+  wrote it, in order with the rest of its output; the streams get a ``buffer`` for code that
+  writes bytes.
 - Limits and exits: the session's memory and process limits, ``os._exit`` sending pending output
   first, and ``exit()``/``quit()`` leaving the session's kernel alone.
 """
@@ -298,7 +298,8 @@ class _FdForwarder(object):
             import fcntl  # noqa: F401 (POSIX only)
 
             fid, old_reader, watching = stream._fid, stream.watch_fd_thread, stream._should_watch
-            wake_fd, _ = stream._original_stdstream_fd, stream._original_stdstream_copy
+            wake_fd = stream._original_stdstream_fd
+            stream._original_stdstream_copy  # noqa: B018 - drain() copies to it: it must exist
         except (AttributeError, ImportError):
             return None
         if not (isinstance(fid, int) and watching and old_reader.is_alive()):

@@ -552,12 +552,10 @@ def _outcome(
         return "timeout", ErrorInfo(
             "TimeoutError", f"Execution exceeded the time limit of {limit}", traceback, frames
         )
-    if not reply:
-        if call.interrupted:
-            return "interrupted", ErrorInfo(
-                "KeyboardInterrupt", "interrupted before the code started; the kernel did not run it"
-            )
-        return "error", ErrorInfo("NoReply", "the kernel finished this request without a reply")
+    if not reply:  # only a request an interrupt hit just before its code ends without one (see pump)
+        return "interrupted", ErrorInfo(
+            "KeyboardInterrupt", "interrupted before the code started; the kernel did not run it"
+        )
     status = reply.get("status")
     if status == "ok":
         return "ok", None
@@ -602,7 +600,7 @@ async def _interrupt(call: _Call, kernel: KernelBackend) -> None:
     the interrupt waits in a task of its own while the call goes on reading; a kernel that does
     not say so within ``INTERRUPT_START_WAIT_SECONDS`` is interrupted anyway. ipykernel still
     has a few steps to take after ``execute_input``: a request dropped there ends soon after its
-    idle status (see ``pump``). Later interrupts of the call while one waits are that one.
+    idle status (see ``pump``). While one interrupt waits, more for the same call add nothing.
     """
     if not call.collector.started:
         if call.pending_interrupt is None:
