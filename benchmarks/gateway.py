@@ -66,8 +66,6 @@ def kernel_gateway() -> Iterator[str]:
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
-
-
 def round_trips(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {"local": [], "gateway": [], "gateway, no quick ACK": []}
     ack_now = _gateway_wire.KernelWebSocket._ack_now

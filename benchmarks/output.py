@@ -17,7 +17,6 @@ import sys
 import textwrap
 
 
-
 CHILD = textwrap.dedent(
     """
     import resource, sys, time

@@ -386,11 +386,13 @@ class OutputCollector:
 
 def _timestamp(date: Any) -> str:
     """A message's header date as nbclient writes it (ISO 8601, UTC, microseconds, ``Z``)."""
-    if isinstance(date, datetime):
-        if date.tzinfo is not None:
-            date = date.astimezone(timezone.utc).replace(tzinfo=None)
-        return date.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return str(date) if date else datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if date and not isinstance(date, datetime):
+        return str(date)
+    if not date:
+        date = datetime.now(timezone.utc)
+    if date.tzinfo is not None:
+        date = date.astimezone(timezone.utc).replace(tzinfo=None)
+    return date.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _cut_to_size(text: str, max_bytes: int) -> str:

@@ -28,6 +28,7 @@ from ._containment import (
     PidsCgroup, descendants, kill_unchanged, process_limit_for_root_unavailable,
 )  # fmt: skip
 from ._errors import KernelStartError
+from ._kernel_side import STDERR_KEEP_BYTES
 from ._watchdog import OwnerDeathWatchdog
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
 GRACEFUL_EXIT_SECONDS = 1.0
 # How long a SIGKILLed kernel may take to be gone (it is immediate unless the machine is swamped).
 KILL_WAIT_SECONDS = 5.0
-# The kernel's stderr file is emptied once it holds more than this (checked with each message).
-STDERR_KEEP_BYTES = 1024 * 1024
 # Without a pidfd (non-Linux), how often to check whether the kernel process is alive.
 EXIT_CHECK_SECONDS = 0.1
 
@@ -201,7 +200,6 @@ class LocalKernel:
                 raise KernelDied(KernelDeath(detail="the kernel was shut down"))
             item = channels.try_receive()
             if item is not None:
-                self._bound_stderr_file()  # an fstat: fd 2 output arrives as messages too
                 return item
             if channels.any_ready():
                 continue
@@ -272,7 +270,8 @@ class LocalKernel:
         return KernelDeath(exit_code=code, detail=self.stderr_tail())
 
     def _bound_stderr_file(self) -> None:
-        """Keep the stderr file small: ipykernel copies everything written to fd 2 into it.
+        """Keep the stderr file small, checked once per request. A Python kernel prepared by
+        kernelexec bounds its own copy (see ``_kernel_side``); others write to it directly.
 
         Emptying it while the kernel writes on leaves a sparse file: its size grows, its disk use
         does not. What the kernel writes last (before it dies) is still at the end.

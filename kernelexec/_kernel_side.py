@@ -26,6 +26,8 @@ import threading
 import traceback
 
 PAYLOAD_SOURCE = "kernelexec.error"
+# The kernel's stderr file (a copy of what reaches fd 2) is emptied past this many bytes.
+STDERR_KEEP_BYTES = 1024 * 1024
 _INTERNAL_DIRS = ()
 
 
@@ -327,6 +329,7 @@ class _FdForwarder(object):
         self._lock = threading.Lock()
         self._holder = None  # the thread in drain(): a signal handler there that prints must not wait
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._copied = 0  # bytes copied to the original descriptor since it was last emptied
         self._count = array.array("i", [0])
         self._count_query = (fcntl.ioctl, termios.FIONREAD)
         self._enabled = True
@@ -389,14 +392,25 @@ class _FdForwarder(object):
                     text = self._decoder.decode(data)
                     self._write(self._stream, text)
                     forwarded += len(text)
-                    try:  # as ipykernel does: a copy to the original descriptor (the stderr file)
-                        os.write(self._stream._original_stdstream_copy, data)
-                    except OSError:
-                        pass
+                    self._copy_to_original(data)
             finally:
                 self._holder = None
         if forwarded and self._pacer is not None:
             self._pacer.wrote(forwarded)
+
+    def _copy_to_original(self, data):
+        """As ipykernel does, copy to the original descriptor: for fd 2 the kernel's stderr file,
+        whose end explains a crash. Past ``STDERR_KEEP_BYTES`` it is emptied (a flood must not
+        fill the disk; the shared offset goes on, so the file turns sparse)."""
+        copy = self._stream._original_stdstream_copy
+        try:
+            os.write(copy, data)
+            self._copied += len(data)
+            if self._copied > STDERR_KEEP_BYTES:
+                self._copied = 0
+                os.ftruncate(copy, 0)
+        except OSError:  # /dev/null for stdout cannot be truncated, nor a closed descriptor written
+            pass
 
     def _read_forever(self):
         import select

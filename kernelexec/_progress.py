@@ -104,14 +104,13 @@ def cell_status(result: ExecutionResult) -> str:
     return f"{result.status}{headline} (after {result.exec_time:.2f} s)"
 
 
-def make_progress(progress: bool | Progress, stream: TextIO | None = None) -> Progress:
-    """``True``: a bar when ``stream`` (default stderr) is a terminal, plain lines otherwise."""
-    if progress is False or progress is None:
+def make_progress(progress: bool | Progress) -> Progress:
+    """``True``: a bar when stderr is a terminal, plain lines otherwise."""
+    if progress is False:
         return NoProgress()
     if progress is not True:
         return progress
-    stream = stream if stream is not None else sys.stderr
-    return BarProgress(stream) if _is_sized_terminal(stream) else LineProgress(stream)
+    return BarProgress(sys.stderr) if _is_sized_terminal(sys.stderr) else LineProgress(sys.stderr)
 
 
 def _is_sized_terminal(stream: TextIO) -> bool:

@@ -67,13 +67,13 @@ def _add_mcp_command(commands: Any) -> None:
         "named persistent sessions, list, restart and close them, and export one as a notebook. "
         "Needs the mcp extra: pip install 'kernelexec[mcp]'.",
     )
-    serve.add_argument("--root", default=".", metavar="DIR", help="working directory of the sessions (default: the current one)")
+    serve.add_argument("--root", default=argparse.SUPPRESS, metavar="DIR", help="working directory of the sessions (default: the current one)")
     serve.add_argument("--session-dirs", action="store_true", help="give each session its own directory DIR/<session>")
-    serve.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default time limit of one call (default 60)")
-    serve.add_argument("--max-timeout", type=float, default=600.0, metavar="S", help="the most a call may ask for (default 600)")
-    serve.add_argument("--max-sessions", type=int, default=16, metavar="N", help="live sessions at most (default 16)")
-    serve.add_argument("--idle-timeout", type=float, default=3600.0, metavar="S", help="close sessions idle this long (default 3600)")
-    serve.add_argument("--pool-size", type=int, default=1, metavar="N", help="pre-started kernels kept ready (default 1)")
+    serve.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="S", help="default time limit of one call (default 60)")
+    serve.add_argument("--max-timeout", type=float, default=argparse.SUPPRESS, metavar="S", help="the most a call may ask for (default 600)")
+    serve.add_argument("--max-sessions", type=int, default=argparse.SUPPRESS, metavar="N", help="live sessions at most (default 16)")
+    serve.add_argument("--idle-timeout", type=float, default=argparse.SUPPRESS, metavar="S", help="close sessions idle this long (default 3600)")
+    serve.add_argument("--pool-size", type=int, default=argparse.SUPPRESS, metavar="N", help="pre-started kernels kept ready (default 1)")
     serve.add_argument("--inherit-env", choices=["scrub", "all", "none"], default="scrub",
                        help="environment for kernels: ours minus secrets (default), all of it, or a minimal base")
     serve.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable in the kernels (repeatable)")
@@ -95,9 +95,14 @@ def _mcp(args: argparse.Namespace) -> int:
         if not sep or not name:
             raise KernelexecError(f"--env takes NAME=VALUE, not {item!r}")
         env[name] = value
+    # The server's own defaults (ServerSettings) apply to what the command line leaves out.
+    given = {
+        name: getattr(args, name)
+        for name in ("root", "timeout", "max_timeout", "max_sessions", "idle_timeout", "pool_size")
+        if hasattr(args, name)
+    }
     serve(
-        root=args.root, session_dirs=args.session_dirs, timeout=args.timeout, max_timeout=args.max_timeout,
-        max_sessions=args.max_sessions, idle_timeout=args.idle_timeout, pool_size=args.pool_size,
+        **given, session_dirs=args.session_dirs,
         inherit_env={"scrub": "scrub", "all": True, "none": False}[args.inherit_env], env=env or None,
         memory_limit=args.memory_limit, max_processes=args.max_processes,
         max_output_bytes=args.max_output_bytes, kernel_name=args.kernel,
