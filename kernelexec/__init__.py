@@ -21,7 +21,8 @@ from ._manager import AsyncSessionManager, SessionInfo, SessionManager
 from ._notebook import async_run_notebook, run_notebook
 from ._progress import Progress
 from ._result import ErrorInfo, ExecutionResult
-from ._session import AsyncSession, Session, SessionStats
+from ._session import AsyncSession, Session
+from ._state import SessionStats
 from ._traceback import Frame
 
 __version__ = "0.1.0"

@@ -17,7 +17,8 @@ import zmq
 from jupyter_client.session import Session as ProtocolSession
 from jupyter_client.session import json_unpacker
 
-Message = dict[str, Any]
+from ._wire import Message
+
 log = logging.getLogger("kernelexec")
 
 # Messages held in our iopub queue; at most 256 KiB each from kernels kernelexec prepared.

@@ -5,6 +5,7 @@ deserialises them) and does no I/O of its own, so its tests feed it dicts instea
 It applies what a notebook front end applies (consecutive streams merged, ``clear_output`` with
 and without ``wait``, ``update_display_data`` by display id) and keeps memory bounded whatever the
 kernel sends: past ``max_output_bytes`` it keeps a head and a tail and counts what it dropped.
+What it drops goes to an optional ``SpillSink`` (``_spill.SpillFile`` writes it to a file).
 """
 
 from __future__ import annotations
@@ -13,21 +14,21 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from nbformat import NotebookNode, from_dict
 from nbformat.v4 import output_from_msg
 
 from ._displays import DisplayRegistry
 from ._result import output_text
+from ._text import Pieces, cut_to_size
+from ._text import utf8_size as _size
+from ._wire import OUTPUT_DROPPED, header_timestamp, parent_id
 
 log = logging.getLogger("kernelexec")
 
 OutputCallback = Callable[[NotebookNode], Any]
 OUTPUT_TYPES = frozenset({"stream", "display_data", "execute_result", "error"})
-# A gateway backend's stand-in for the gateway's "IOPub data rate exceeded" notice.
-OUTPUT_DROPPED = "kernelexec_output_dropped"
 
 # The moments nbclient records in a cell's ``metadata.execution`` (its ``record_timing``).
 TIMING_KEYS = {
@@ -42,59 +43,8 @@ def truncation_marker(dropped: int) -> str:
     return f"\n[... {dropped:,} bytes truncated ...]\n"
 
 
-def dropped_marker(notice: str) -> str:
-    reason = notice.strip().splitlines()[0].rstrip(".") if notice.strip() else "rate limit"
-    return (
-        f"\n[... output dropped by the gateway: {reason}; start the gateway with "
-        "--ZMQChannelsWebsocketConnection.limit_rate=False to keep it ...]\n"
-    )
-
-
-def _size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
 def _bundle_size(data: dict[str, Any]) -> int:
     return sum(_size(value) if isinstance(value, str) else _size(str(value)) for value in data.values())
-
-
-class _Pieces:
-    """Stream text kept as the pieces it arrived in: appending a piece and dropping bytes from the
-    front each cost what they add or drop, never a copy of the whole text."""
-
-    def __init__(self) -> None:
-        self._pieces: deque[str] = deque()
-        self._sizes: deque[int] = deque()  # UTF-8 bytes of each piece, from _start for the first
-        self._start = 0  # characters of the first piece already dropped
-
-    def append(self, text: str, size: int) -> None:
-        self._pieces.append(text)
-        self._sizes.append(size)
-
-    def drop_front(self, excess: int) -> int:
-        """Drop the shortest prefix of whole characters of at least ``excess`` bytes; its size."""
-        dropped = 0
-        while self._pieces and self._sizes[0] <= excess - dropped:
-            dropped += self._sizes.popleft()
-            self._pieces.popleft()
-            self._start = 0
-        if self._pieces and dropped < excess:
-            need = excess - dropped
-            chars, cut = _prefix_of_at_least(self._pieces[0], self._start, self._sizes[0], need)
-            self._start += chars
-            self._sizes[0] -= cut
-            dropped += cut
-            if not self._sizes[0]:
-                self._pieces.popleft()
-                self._sizes.popleft()
-                self._start = 0
-        return dropped
-
-    def text(self) -> str:
-        if self._start:
-            self._pieces[0] = self._pieces[0][self._start :]
-            self._start = 0
-        return "".join(self._pieces)
 
 
 @dataclass
@@ -103,7 +53,7 @@ class _Entry:
 
     node: NotebookNode
     size: int
-    pieces: _Pieces = field(default_factory=_Pieces)
+    pieces: Pieces = field(default_factory=Pieces)
     display_id: str | None = None
 
     @property
@@ -114,6 +64,19 @@ class _Entry:
         if self.is_stream:
             self.node.text = self.pieces.text()
         return self.node
+
+
+class SpillSink(Protocol):
+    """Where the full text of a truncated call goes."""
+
+    def open(self) -> None:
+        """The output is being truncated from now on."""
+
+    def write(self, text: str) -> None:
+        """Record ``text``, in output order."""
+
+    def clear(self) -> None:
+        """Forget everything recorded: a ``clear_output`` emptied the outputs."""
 
 
 class OutputCollector:
@@ -129,15 +92,13 @@ class OutputCollector:
         *,
         max_output_bytes: int,
         on_output: OutputCallback | None = None,
-        open_spill: Callable[[], TextIO] | None = None,
+        spill: SpillSink | None = None,
         displays: DisplayRegistry | None = None,
     ) -> None:
         self.msg_id = msg_id
         self.reply: dict[str, Any] | None = None
         self.idle = False
         self.started = False  # the kernel said it runs the code (execute_input or output)
-        # An interrupt was sent while the request ran: the kernel may finish it without a reply.
-        self.interrupt_sent = False
         self.timing: dict[str, str] = {}
         self.truncated_bytes = 0
         self._head_limit = max_output_bytes // 2
@@ -149,21 +110,16 @@ class OutputCollector:
         self._head_full = False  # outputs go to the tail (and the spill file) until a clear
         self._clear_pending = False
         self._on_output = on_output
-        self._open_spill = open_spill
-        self._spill: TextIO | None = None
+        self._spill = spill
         self._displays = displays if displays is not None else DisplayRegistry()
 
     @property
     def complete(self) -> bool:
         return self.reply is not None and self.idle
 
-    @property
-    def spill_file(self) -> TextIO | None:
-        return self._spill
-
     def feed(self, channel: str, msg: dict[str, Any]) -> None:
         """Take one message from the kernel; messages of other requests are ignored."""
-        if msg.get("parent_header", {}).get("msg_id") != self.msg_id:
+        if parent_id(msg) != self.msg_id:
             return
         msg_type = msg["header"]["msg_type"]
         self._record_time(msg_type, msg)
@@ -185,11 +141,10 @@ class OutputCollector:
             if display_id is not None:
                 self._update_display(display_id, content.get("data", {}), content.get("metadata", {}))
                 self._notify(NotebookNode(output_type="update_display_data", **content))
-        elif msg_type == OUTPUT_DROPPED:
-            # The gateway does not say how much it dropped: count it as at least one byte.
-            marker = dropped_marker(msg["content"].get("text", ""))
-            self._add(NotebookNode(output_type="stream", name="stderr", text=marker), None)
-            self.truncated_bytes += 1
+        elif msg_type == OUTPUT_DROPPED:  # before it reached us: say so where it happened
+            content = msg["content"]
+            self._add(NotebookNode(output_type="stream", name="stderr", text=content["text"]), None)
+            self.truncated_bytes += int(content.get("dropped_bytes", 1))
 
     def outputs(self) -> list[NotebookNode]:
         """The outputs so far, with a truncation marker where the middle was dropped."""
@@ -204,7 +159,7 @@ class OutputCollector:
         state = msg["content"].get("execution_state") if msg_type == "status" else None
         key = TIMING_KEYS.get((msg_type, state))
         if key is not None:
-            self.timing[key] = _timestamp(msg["header"].get("date"))
+            self.timing[key] = header_timestamp(msg["header"].get("date"))
 
     # Front-end semantics
 
@@ -237,7 +192,7 @@ class OutputCollector:
             return
         if not self._head_full:  # fill the head to its limit, the rest goes to the tail
             room = self._head_limit - self._head_size
-            head_part = _cut_to_size(text, room)
+            head_part = cut_to_size(text, room)
             if head_part:
                 self._add_stream(name, head_part)
             text = text[len(head_part) :]
@@ -306,8 +261,7 @@ class OutputCollector:
         self._head_size = self._tail_size = self.truncated_bytes = 0
         self._head_full = False
         if self._spill is not None:  # it records what the outputs hold: nothing, now
-            self._spill.seek(0)
-            self._spill.truncate()
+            self._spill.clear()
 
     def _update_display(self, display_id: str, data: dict[str, Any], metadata: dict[str, Any]) -> None:
         """Give every output showing ``display_id`` this data, counted against the byte budget."""
@@ -372,46 +326,12 @@ class OutputCollector:
         if self._head_full:
             return
         self._head_full = True
-        if self._open_spill is None:
-            return
         if self._spill is None:
-            self._spill = self._open_spill()
+            return
+        self._spill.open()
         for entry in self._head:
             self._write_spill(output_text(entry.finished()))
 
     def _write_spill(self, text: str) -> None:
         if self._spill is not None:
             self._spill.write(text)
-
-
-def _timestamp(date: Any) -> str:
-    """A message's header date as nbclient writes it (ISO 8601, UTC, microseconds, ``Z``)."""
-    if date and not isinstance(date, datetime):
-        return str(date)
-    if not date:
-        date = datetime.now(timezone.utc)
-    if date.tzinfo is not None:
-        date = date.astimezone(timezone.utc).replace(tzinfo=None)
-    return date.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _cut_to_size(text: str, max_bytes: int) -> str:
-    """The longest prefix of ``text`` whose UTF-8 encoding fits in ``max_bytes``."""
-    if max_bytes <= 0:
-        return ""
-    if text.isascii():
-        return text[:max_bytes]
-    encoded = text.encode("utf-8", "surrogatepass")[:max_bytes]
-    return encoded.decode("utf-8", "ignore")
-
-
-def _prefix_of_at_least(text: str, start: int, size: int, min_bytes: int) -> tuple[int, int]:
-    """Characters and UTF-8 bytes of the shortest prefix of ``text[start:]`` (``size`` bytes) of
-    at least ``min_bytes`` bytes; the cost is that of the prefix, not of the text."""
-    if size == len(text) - start:  # ASCII: a byte per character
-        return min_bytes, min_bytes
-    encoded = text[start : start + min_bytes].encode("utf-8", "surrogatepass")  # >= min_bytes
-    end = min_bytes
-    while end < len(encoded) and encoded[end] & 0xC0 == 0x80:  # finish the character cut in two
-        end += 1
-    return len(encoded[:end].decode("utf-8", "surrogatepass")), end

@@ -24,12 +24,12 @@ import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ._collector import OUTPUT_DROPPED
 from ._errors import KernelStartError
 from ._gateway_wire import (
     REQUEST_TIMEOUT, ConnectionLost, GatewayConfig, GatewayError, GatewayREST, KernelWebSocket, Message,
 )  # fmt: skip
-from ._kernel import KernelDeath, KernelDied, wait_until_ready
+from ._backend import KernelDeath, KernelDied, wait_until_ready
+from ._wire import OUTPUT_DROPPED
 
 if TYPE_CHECKING:
     from ._options import SessionOptions
@@ -48,6 +48,8 @@ _RATE_LIMIT_NOTICES = ("IOPub data rate exceeded.", "IOPub message rate exceeded
 
 class GatewayKernel:
     """A kernel run by a Jupyter gateway, driven over its REST API and websocket."""
+
+    needs_nproc_limit = False  # max_processes is refused for gateway kernels (see _options)
 
     def __init__(self, rest: GatewayREST, kernel_id: str) -> None:
         self.config = rest.config
@@ -212,8 +214,7 @@ class GatewayKernel:
                     f"{state})"
                 )
         elif msg_type == "stream" and str(content.get("text", "")).startswith(_RATE_LIMIT_NOTICES):
-            header = {**header, "msg_type": OUTPUT_DROPPED}
-            msg = {**msg, "header": header}
+            msg = output_dropped_notice(msg)
         return channel, msg
 
     async def _check_still_there(self) -> None:
@@ -255,6 +256,20 @@ def _death_from_state(state: dict[str, Any] | None, url: str) -> KernelDeath | N
     if state.get("execution_state") == "dead":
         return KernelDeath(detail=f"the gateway at {url} reports the kernel dead")
     return None
+
+
+def output_dropped_notice(msg: Message) -> Message:
+    """The gateway's "IOPub data rate exceeded" stream message as an ``OUTPUT_DROPPED`` notice:
+    its marker says what happened and how to keep the output (it does not say how much it
+    dropped: at least one byte)."""
+    notice = str(msg["content"].get("text", "")).strip()
+    reason = notice.splitlines()[0].rstrip(".") if notice else "rate limit"
+    marker = (
+        f"\n[... output dropped by the gateway: {reason}; start the gateway with "
+        "--ZMQChannelsWebsocketConnection.limit_rate=False to keep it ...]\n"
+    )
+    header = {**msg["header"], "msg_type": OUTPUT_DROPPED}
+    return {**msg, "header": header, "content": {"text": marker, "dropped_bytes": 1}}
 
 
 def _advice(error: GatewayError) -> str:

@@ -1,8 +1,8 @@
-"""Kernel backends: the one seam between a session and wherever its kernel runs.
+"""``LocalKernel``: a kernel process on this machine, behind the backend seam (``_backend``).
 
-A session talks to its kernel only through ``KernelBackend``: send a request, receive the next
-message (or learn that the kernel died), interrupt, shut down. ``LocalKernel`` implements it over
-jupyter_client's ``AsyncKernelManager``; other backends (a gateway) implement the same protocol.
+It is started by jupyter_client's ``AsyncKernelManager`` over the IPC transport, contained (its
+own cgroup where one can be made, an owner-death watchdog), and read without polling: ZMQ sockets
+and a pidfd on the asyncio loop (``_channels``).
 """
 
 from __future__ import annotations
@@ -15,99 +15,30 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any
 
 import zmq
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 
-from ._channels import Message, ZmqChannels, open_pidfd
+from ._backend import KernelDeath, KernelDied, wait_until_ready
+from ._channels import ZmqChannels, open_pidfd
 from ._containment import (
     PidsCgroup, descendants, kill_unchanged, process_limit_for_root_unavailable,
 )  # fmt: skip
 from ._errors import KernelStartError
-from ._kernel_side import STDERR_KEEP_BYTES
 from ._watchdog import OwnerDeathWatchdog
-
-if TYPE_CHECKING:
-    from ._options import SessionOptions
+from ._wire import CHANNEL_NAMES, STDERR_KEEP_BYTES, Message
 
 # Messages already sent by a kernel that just died may still be on their way through ZMQ.
 DEATH_DRAIN_SECONDS = 0.02
-CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
 # How long a kernel may take to exit after a shutdown_request before it is killed.
 GRACEFUL_EXIT_SECONDS = 1.0
 # How long a SIGKILLed kernel may take to be gone (it is immediate unless the machine is swamped).
 KILL_WAIT_SECONDS = 5.0
 # Without a pidfd (non-Linux), how often to check whether the kernel process is alive.
 EXIT_CHECK_SECONDS = 0.1
-
-
-@dataclass(frozen=True)
-class KernelDeath:
-    """What is known about how a kernel process ended."""
-
-    exit_code: int | None = None
-    signal_number: int | None = None
-    detail: str = ""
-
-    def describe(self) -> str:
-        if self.signal_number is not None:
-            name = _signal_name(self.signal_number)
-            cause = f"the kernel process was killed by {name}"
-            if self.signal_number == getattr(signal, "SIGKILL", None):
-                cause += (
-                    " (usually the out-of-memory killer or a memory limit, or something outside"
-                    " killed it)"
-                )
-            elif self.signal_number == getattr(signal, "SIGSEGV", None):
-                cause += " (a crash in native code)"
-        elif self.exit_code is not None:
-            cause = f"the kernel process exited with code {self.exit_code}"
-        else:
-            cause = self.detail or "the connection to the kernel was lost"
-        return cause
-
-
-class KernelDied(Exception):
-    """Internal: the kernel ended while we were waiting for it."""
-
-    def __init__(self, death: KernelDeath) -> None:
-        super().__init__(death.describe())
-        self.death = death
-
-
-class KernelBackend(Protocol):
-    """What a session needs from a kernel, wherever it runs."""
-
-    kernel_id: str
-    info: dict[str, Any]  # the kernel_info_reply content
-
-    def request(self, channel: str, msg_type: str, content: dict[str, Any], parent: Message | None = None) -> str:
-        """Send a message; returns its msg_id."""
-
-    async def receive(self, timeout: float | None) -> tuple[str, Message] | None:
-        """The next ``(channel, message)`` from the kernel, or ``None`` once ``timeout`` passes.
-
-        Raises ``KernelDied`` when the kernel has ended (after the messages it sent before dying
-        have been received): death outranks the deadline, so a caller learns why a call ended.
-        """
-
-    async def interrupt(self) -> None:
-        """Interrupt the running code, as the kernel spec's interrupt mode says."""
-
-    async def shutdown(self, *, graceful: bool = True) -> None:
-        """Stop the kernel and release everything held for it.
-
-        ``graceful`` asks the kernel to exit first (killing it if it does not, promptly);
-        otherwise it is killed at once.
-        """
-
-    @property
-    def is_alive(self) -> bool:
-        """Whether the kernel is still running."""
 
 
 class LocalKernel:
@@ -378,58 +309,6 @@ class LocalKernel:
         self._stderr_file.close()
 
 
-async def start_kernel(options: SessionOptions) -> KernelBackend:
-    """Start the kernel a session's options ask for, ready to take requests."""
-    if options.gateway_url is not None:
-        from ._gateway import GatewayKernel  # imported only when a gateway is used
-
-        return await GatewayKernel.start(options)
-    return await LocalKernel.start(
-        options.kernel_name,
-        cwd=options.cwd,
-        env=options.kernel_env(),
-        startup_timeout=options.startup_timeout,
-        max_processes=options.max_processes,
-    )
-
-
-async def wait_until_ready(kernel: KernelBackend, timeout: float, what: str) -> dict[str, Any]:
-    """Wait until ``kernel`` answers on shell *and* publishes on iopub; returns its kernel_info.
-
-    A kernel_info_request is re-sent until its iopub ``status`` arrives too: a SUB socket that is
-    still connecting misses messages, and the first execute must not lose its outputs.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        msg_id = kernel.request("shell", "kernel_info_request", {})
-        reply: dict[str, Any] | None = None
-        resend_at = None
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                raise KernelStartError(
-                    f"{what} did not become ready within {timeout:g} s. Raise startup_timeout if "
-                    "the machine is busy, or check that the kernel starts on its own "
-                    "(jupyter console --kernel NAME)."
-                )
-            wait = deadline - now if resend_at is None else min(deadline, resend_at) - now
-            if resend_at is not None and wait <= 0:
-                break
-            item = await kernel.receive(wait)
-            if item is None:
-                continue
-            channel, msg = item
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if channel == "shell":
-                reply = msg["content"]
-                resend_at = time.monotonic() + 0.2
-            elif channel == "iopub" and msg["header"]["msg_type"] == "status":
-                if reply is not None:
-                    return reply
-                resend_at = None
-
-
 def installed_kernel_names() -> list[str]:
     return sorted(KernelSpecManager().find_kernel_specs())
 
@@ -485,13 +364,6 @@ def _signal_process_group(manager: AsyncKernelManager, signum: int) -> None:
             process.send_signal(signum)
         except OSError:
             pass
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _format_detail(detail: str) -> str:

@@ -25,9 +25,9 @@ import sys
 import threading
 import traceback
 
-PAYLOAD_SOURCE = "kernelexec.error"
-# The kernel's stderr file (a copy of what reaches fd 2) is emptied past this many bytes.
-STDERR_KEEP_BYTES = 1024 * 1024
+# Set by install() from the client's values (kernelexec._wire).
+PAYLOAD_SOURCE = "kernelexec.error"  # the execute_reply payload that carries the real frames
+STDERR_KEEP_BYTES = 1024 * 1024  # the kernel's stderr file is emptied past this many bytes
 _INTERNAL_DIRS = ()
 
 
@@ -501,10 +501,15 @@ def _drop_huge_displays(shell, max_bundle_chars):
             publisher.register_hook(drop)
 
 
-def install(max_message_chars, memory_limit=None, max_processes=None, max_bundle_chars=None):
+def install(
+    max_message_chars, memory_limit=None, max_processes=None, max_bundle_chars=None,
+    payload_source=PAYLOAD_SOURCE, stderr_keep_bytes=STDERR_KEEP_BYTES,
+):
     """Install kernelexec's hooks in the running IPython kernel (idempotent)."""
-    global _INTERNAL_DIRS
+    global _INTERNAL_DIRS, PAYLOAD_SOURCE, STDERR_KEEP_BYTES
     from IPython import get_ipython
+
+    PAYLOAD_SOURCE, STDERR_KEEP_BYTES = payload_source, stderr_keep_bytes
 
     shell = get_ipython()
     if memory_limit:

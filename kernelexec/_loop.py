@@ -3,7 +3,8 @@
 One daemon thread runs one asyncio loop for every synchronous ``Session`` and ``SessionManager``
 in the process. It is started by the first user, shared by counting, and stopped and joined when
 the last user releases it, so a program that closes its sessions is left with no thread of ours.
-Each synchronous method is one line: hand a coroutine to the loop and wait for its result.
+Each user holds it through a ``LoopLease``; each synchronous method is one line: hand a
+coroutine to the lease and wait for its result.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -92,3 +93,56 @@ class LoopThread:
             shared, cls._shared = cls._shared, None
         if shared is not None:
             shared._stop()
+
+
+class LoopLease:
+    """One owner's hold on the shared loop thread: taken by the first call, given back when the
+    owner no longer needs it (``keep()`` is false once no call is in flight).
+
+    ``Session`` keeps it while its kernel runs; ``SessionManager`` until it is closed. A call
+    that would have to take the thread for an owner that is closed is refused with ``refuse()``
+    (which raises): a closed owner never starts a thread again.
+    """
+
+    def __init__(self, keep: Callable[[], bool], refuse_closed: Callable[[], None]) -> None:
+        self._keep = keep
+        self._refuse_closed = refuse_closed
+        self._lock = threading.Lock()
+        self._thread: LoopThread | None = None
+        self._in_flight = 0
+
+    @property
+    def held(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop of the thread held now, if any."""
+        return self._thread.loop if self._thread is not None else None
+
+    def run(self, coroutine: Coroutine[Any, Any, T], *, closing: bool = False) -> T:
+        """Run ``coroutine`` on the loop thread, taking it if needed. ``closing`` lets the
+        owner's own close run (once) even when no thread is held."""
+        with self._lock:
+            if self._thread is None:
+                if not closing:
+                    try:
+                        self._refuse_closed()
+                    except BaseException:
+                        coroutine.close()
+                        raise
+                self._thread = LoopThread.acquire()
+            thread = self._thread
+            self._in_flight += 1
+        try:
+            return thread.run(coroutine)
+        finally:
+            self._leave(thread)
+
+    def _leave(self, thread: LoopThread) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight or self._thread is not thread or self._keep():
+                return
+            self._thread = None
+        thread.release()

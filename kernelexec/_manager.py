@@ -13,11 +13,13 @@ from typing import Any, TypeVar
 
 from ._collector import OutputCallback
 from ._errors import InvalidArgument, SessionClosed, TooManySessions, UnknownSession
-from ._loop import LoopThread
-from ._options import SessionOptions
+from ._loop import LoopLease
+from ._options import SessionOptions, with_options_signature
+from ._options import session_options as _options
 from ._pool import KernelPool
 from ._result import ExecutionResult
-from ._session import AsyncSession, Session, SessionStats
+from ._session import AsyncSession, Session
+from ._state import SessionHooks, SessionStats
 
 T = TypeVar("T")
 log = logging.getLogger("kernelexec")
@@ -31,6 +33,7 @@ class SessionInfo(SessionStats):
     id: str = ""
 
 
+@with_options_signature
 class AsyncSessionManager:
     """Named sessions created on demand, served from a pool of pre-started kernels.
 
@@ -60,7 +63,8 @@ class AsyncSessionManager:
             raise InvalidArgument(f"max_sessions must be an int >= 1, not {max_sessions!r}")
         if idle_timeout is not None and not (isinstance(idle_timeout, (int, float)) and idle_timeout > 0):
             raise InvalidArgument(f"idle_timeout must be positive seconds or None, not {idle_timeout!r}")
-        self.options = SessionOptions(**session_options)
+        kernel_name = session_options.pop("kernel_name", "python3")
+        self.options = _options(type(self).__name__, kernel_name, session_options)
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self._pool = KernelPool(self.options, pool_size)
@@ -187,9 +191,9 @@ class AsyncSessionManager:
                 "some with close(session_id), or create the manager with a larger max_sessions"
             )
         session_options = self.options.with_changes(**options) if options else self.options
-        session = AsyncSession._from_options(session_options)
-        if self._pool.size and session_options.kernel_key() == self.options.kernel_key():
-            session._kernel_source = self._pool.take
+        pooled = self._pool.size and session_options.kernel_key() == self.options.kernel_key()
+        hooks = SessionHooks(kernel_source=self._pool.take if pooled else None)
+        session = AsyncSession.from_options(session_options, _hooks=hooks)
         self._sessions[session_id] = session
         return session
 
@@ -239,6 +243,7 @@ class AsyncSessionManager:
             await asyncio.sleep(max(next_due - time.time(), 0.01))
 
 
+@with_options_signature
 class SessionManager:
     """The synchronous face of ``AsyncSessionManager``; thread-safe.
 
@@ -260,10 +265,10 @@ class SessionManager:
             pool_size=pool_size, max_sessions=max_sessions, idle_timeout=idle_timeout, **session_options
         )
         self._lock = threading.Lock()
-        self._loop_thread: LoopThread | None = None  # held from the first call until close
-        self._calls_in_flight = 0
         self._closed = False
-        self._faces: dict[str, Session] = {}
+        # The loop thread is held from the first call until close.
+        self._lease = LoopLease(keep=lambda: not self._closed, refuse_closed=self._raise_if_closed)
+        self._faces: dict[str, tuple[AsyncSession, Session]] = {}
 
     def __enter__(self) -> SessionManager:
         return self.start()
@@ -332,50 +337,26 @@ class SessionManager:
                 return
             self._closed = True
             self._faces.clear()
-            loop_thread = self._loop_thread
-            if loop_thread is None:
-                self._async._closed = True
-                return
-            self._calls_in_flight += 1
-        try:
-            loop_thread.run(self._async.close())
-        finally:
-            self._leave(loop_thread)
+        self._lease.run(self._async.close(), closing=True)
 
     def list(self) -> list[SessionInfo]:
         """Every session with its stats (created, last used, executions, timeouts, ...)."""
         return self._call(_as_coroutine(self._async.list))
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        with self._lock:
-            if self._closed:
-                coroutine.close()
-                self._raise_if_closed()
-            if self._loop_thread is None:
-                self._loop_thread = LoopThread.acquire()
-            loop_thread = self._loop_thread
-            self._calls_in_flight += 1
-        try:
-            return loop_thread.run(coroutine)
-        finally:
-            self._leave(loop_thread)
-
-    def _leave(self, loop_thread: LoopThread) -> None:
-        """End one call; the last one out after ``close()`` gives up the loop thread."""
-        with self._lock:
-            self._calls_in_flight -= 1
-            if not self._closed or self._calls_in_flight or self._loop_thread is not loop_thread:
-                return
-            self._loop_thread = None
-        loop_thread.release()
+        if self._closed:
+            coroutine.close()
+            self._raise_if_closed()
+        return self._lease.run(coroutine)
 
     def _face(self, session_id: str, session: AsyncSession) -> Session:
         """The sync face of ``session``, made once; call with ``self._lock`` held."""
         self._raise_if_closed()
-        face = self._faces.get(session_id)
-        if face is None or face._async is not session:
-            assert self._loop_thread is not None  # held from the first call until close
-            face = self._faces[session_id] = Session._attached(session, self._loop_thread)
+        known = self._faces.get(session_id)
+        if known is not None and known[0] is session:
+            return known[1]
+        face = Session.over(session, self._lease)
+        self._faces[session_id] = (session, face)
         return face
 
     def _raise_if_closed(self) -> None:

@@ -20,10 +20,12 @@ from nbformat import NotebookNode
 
 from ._displays import DisplayRegistry
 from ._errors import CellExecutionError, InvalidArgument
+from ._options import with_options_signature
 from ._parameters import cell_tags, inject_parameters
 from ._progress import Progress, make_progress
 from ._record import fill_code_cell, write_notebook
 from ._session import AsyncSession, Session
+from ._state import SessionHooks
 
 # nbclient's cell tags.
 SKIP_TAG = "skip-execution"
@@ -60,6 +62,7 @@ def _runs(cell: NotebookNode) -> bool:
     return cell.cell_type == "code" and SKIP_TAG not in cell_tags(cell)
 
 
+@with_options_signature
 def run_notebook(
     nb_or_path: NotebookSource,
     *,
@@ -91,13 +94,14 @@ def run_notebook(
     - Other keyword arguments are ``Session`` options (``env``, ``interrupt_grace``, ...).
     """
     plan = _plan(nb_or_path, output_path, timeout, allow_errors, parameters, kernel_name, cwd)
-    session = Session(plan.kernel_name, **_session_options(plan, session_options))
+    session = Session(plan.kernel_name, _hooks=_notebook_hooks(), **_session_options(plan, session_options))
     try:
-        return session._call(_run(session._async, plan, make_progress(progress)))
+        return session.run(_run(session.async_session, plan, make_progress(progress)))
     finally:
         session.shutdown()
 
 
+@with_options_signature
 async def async_run_notebook(
     nb_or_path: NotebookSource,
     *,
@@ -112,11 +116,16 @@ async def async_run_notebook(
 ) -> NotebookNode:
     """``run_notebook`` for asyncio code: the same arguments, awaited."""
     plan = _plan(nb_or_path, output_path, timeout, allow_errors, parameters, kernel_name, cwd)
-    session = AsyncSession(plan.kernel_name, **_session_options(plan, session_options))
+    session = AsyncSession(plan.kernel_name, _hooks=_notebook_hooks(), **_session_options(plan, session_options))
     try:
         return await _run(session, plan, make_progress(progress))
     finally:
         await session.shutdown()
+
+
+def _notebook_hooks() -> SessionHooks:
+    """Display updates reach earlier cells, as in a notebook front end."""
+    return SessionHooks(displays=DisplayRegistry())
 
 
 def _session_options(plan: _Plan, options: dict[str, Any]) -> dict[str, Any]:
@@ -128,9 +137,8 @@ async def _run(session: AsyncSession, plan: _Plan, progress: Progress) -> Notebo
     to_run = plan.cells_to_run()
     progress.start(plan.name, len(to_run))
     try:
-        session._state.displays = DisplayRegistry()  # display updates reach earlier cells
         await session.start()
-        language_info = session._state.kernel_info.get("language_info")
+        language_info = session.language_info
         if language_info:
             plan.nb.metadata["language_info"] = copy.deepcopy(language_info)
         for number, index in enumerate(to_run, start=1):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ._collector import OutputCallback
@@ -15,11 +17,16 @@ from ._env import InheritEnv, kernel_environment
 from ._errors import InvalidArgument
 
 InputHandler = Callable[[str, bool], str]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """Everything a session is configured with; validated on construction."""
+    """Everything a session is configured with; validated on construction.
+
+    This is the one declaration of the options: ``Session``, ``AsyncSession``, the managers and
+    ``run_notebook`` take them as keyword arguments and show them in their signatures.
+    """
 
     kernel_name: str = "python3"
     timeout: float = 60.0
@@ -98,6 +105,32 @@ class SessionOptions:
         )  # fmt: skip
 
 
+def session_options(caller: str, kernel_name: str, options: Mapping[str, Any]) -> SessionOptions:
+    """``SessionOptions`` from a face's keyword arguments, naming an unknown one clearly."""
+    unknown = sorted(set(options) - OPTION_NAMES)
+    if unknown:
+        raise TypeError(
+            f"{caller}() got unknown option(s) {', '.join(map(repr, unknown))}; the options are: "
+            f"{', '.join(sorted(OPTION_NAMES))}"
+        )
+    return SessionOptions(kernel_name=kernel_name, **options)
+
+
+def with_options_signature(face: F) -> F:
+    """Show the session options in the signature of ``face`` (for ``help()``, IDEs and
+    ``inspect``), in place of its ``**options``. The options stay declared once, above."""
+    target = face.__init__ if isinstance(face, type) else face
+    own = inspect.signature(target)
+    params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD and not p.name.startswith("_")]
+    taken = {p.name for p in params}
+    params += [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        for f in dataclasses.fields(SessionOptions) if f.name not in taken
+    ]  # fmt: skip
+    target.__signature__ = own.replace(parameters=params)
+    return face
+
+
 def check_timeout(timeout: float | None, default: float) -> float:
     """The per-call timeout: ``default`` when ``None``, validated otherwise."""
     if timeout is None:
@@ -156,3 +189,6 @@ def _check_gateway(options: SessionOptions) -> None:
                 "process limits are the gateway's configuration (or use startup_code, e.g. "
                 "os.chdir)"
             )
+
+
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SessionOptions)) - {"kernel_name"}

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections import deque
 
-from ._kernel import KernelBackend
+from ._backend import KernelBackend
 from ._launch import launch_kernel
 from ._options import SessionOptions
 

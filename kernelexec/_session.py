@@ -1,159 +1,44 @@
-"""Session and AsyncSession: one kernel, one lifetime, and the execute path.
+"""Session and AsyncSession: one kernel, one lifetime.
 
-One ``execute()`` flows one way: caller -> session (lock, deadline) -> kernel backend
-(execute_request) -> collector (iopub and shell messages of that request until reply *and* idle)
--> result -> history. ``AsyncSession`` holds all of the logic; ``Session`` is the same object seen
-through the shared event-loop thread, one line per method.
+One ``execute()`` flows one way: caller -> session (lock, kernel) -> ``_execute.run_request``
+(send, collect, the timeout ladder) -> outcome -> the session restarts the kernel if the outcome
+needs it -> ``ExecutionResult`` -> history. ``AsyncSession`` holds all of the logic; ``Session``
+is the same object seen through a lease on the shared event-loop thread, one line per method.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import tempfile
-import threading
 import time
-from collections import Counter
-from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TextIO, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-import humanize
 from nbformat import NotebookNode
 
-from ._collector import OutputCallback, OutputCollector
-from ._displays import DisplayRegistry
-from ._env import InheritEnv
+from ._backend import KernelBackend
+from ._collector import OutputCallback
 from ._errors import KernelStartError, SessionClosed
-from ._kernel import KernelBackend, KernelDeath
-from ._launch import DEADLINE, Deadline, KernelSource, execute_content, launch_kernel, pump
-from ._loop import LoopThread
-from ._options import InputHandler, SessionOptions, check_timeout
+from ._execute import Call, Outcome, pump, result_of, run_request
+from ._launch import KernelSource, launch_kernel
+from ._loop import LoopLease
+from ._options import SessionOptions, check_timeout, session_options, with_options_signature
 from ._record import session_notebook, write_notebook
-from ._result import ErrorInfo, ExecutionResult, Status
-from ._traceback import error_payload, frames_from_payload
+from ._result import ExecutionResult
+from ._spill import SpillFile
+from ._state import Phase, SessionHooks, SessionState, SessionStats
 
 T = TypeVar("T")
 log = logging.getLogger("kernelexec")
-
-# How long an interrupt waits for the kernel to say it runs the code before it is sent anyway.
-INTERRUPT_START_WAIT_SECONDS = 0.5
-
-@dataclass
-class _Call:
-    """The execute request in flight, so that ``interrupt()`` can mark it."""
-
-    collector: OutputCollector
-    interrupted: bool = False
-    timed_out: bool = False
-    pending_interrupt: asyncio.Task[None] | None = None  # waits for the code to start
-
-
-@dataclass(frozen=True)
-class SessionStats:
-    """A snapshot of what a session has done: wall-clock times and counters."""
-
-    created: float
-    last_used: float
-    executions: int
-    timeouts: int
-    restarts: int
-    deaths: int
-    status: str  # "not started", "starting", "idle", "busy" or "closed"
-    kernel_id: str | None
-
-
-@dataclass
-class _SessionState:
-    """What a session knows at a moment, read by every face of the API."""
-
-    kernel: KernelBackend | None = None
-    closed: bool = False
-    starting: bool = False
-    execution_count: int = 0
-    history: list[tuple[str, ExecutionResult]] = field(default_factory=list)
-    call: _Call | None = None
-    created: float = field(default_factory=time.time)
-    last_used: float = field(default_factory=time.time)
-    counts: Counter[str] = field(default_factory=Counter)
-    kernel_info: dict[str, Any] = field(default_factory=dict)  # the last kernel's kernel_info_reply
-    # Shared by all calls when set, as a notebook front end shares it across cells (run_notebook).
-    displays: DisplayRegistry | None = None
-
-    def record(self, result: ExecutionResult) -> None:
-        self.last_used = time.time()
-        self.counts.update(
-            executions=1,
-            timeouts=result.status == "timeout",
-            deaths=result.status == "died",
-            restarts=result.restarted,
-        )
-
-    def stats(self) -> SessionStats:
-        if self.closed:
-            status = "closed"
-        elif self.call is not None:
-            status = "busy"
-        elif self.starting:
-            status = "starting"
-        else:
-            status = "idle" if self.kernel is not None else "not started"
-        return SessionStats(
-            created=self.created,
-            last_used=self.last_used,
-            executions=self.counts["executions"],
-            timeouts=self.counts["timeouts"],
-            restarts=self.counts["restarts"],
-            deaths=self.counts["deaths"],
-            status=status,
-            kernel_id=self.kernel.kernel_id if self.kernel is not None else None,
-        )
+_CLOSED = "this session was shut down and cannot run code; create a new Session"
 
 
 class _SessionBase:
     """Options and read-only state, shared by ``Session`` and ``AsyncSession``; no I/O here."""
 
-    _state: _SessionState
-
-    def __init__(
-        self,
-        kernel_name: str = "python3",
-        *,
-        timeout: float = 60.0,
-        interrupt_grace: float = 3.0,
-        startup_timeout: float = 60.0,
-        cwd: str | os.PathLike[str] | None = None,
-        env: Mapping[str, str | None] | None = None,
-        inherit_env: InheritEnv = "scrub",
-        startup_code: str | None = None,
-        max_output_bytes: int = 1_000_000,
-        memory_limit: int | None = None,
-        max_processes: int | None = None,
-        on_output: OutputCallback | None = None,
-        spill_dir: str | os.PathLike[str] | None = None,
-        input_handler: InputHandler | None = None,
-        gateway_url: str | None = None,
-        gateway_token: str | None = None,
-        gateway_headers: Mapping[str, str] | None = None,
-        gateway_validate_cert: bool = True,
-    ) -> None:
-        self._setup(
-            SessionOptions(
-                kernel_name=kernel_name, timeout=timeout, interrupt_grace=interrupt_grace,
-                startup_timeout=startup_timeout, cwd=cwd, env=env, inherit_env=inherit_env,
-                startup_code=startup_code, max_output_bytes=max_output_bytes,
-                memory_limit=memory_limit, max_processes=max_processes, on_output=on_output,
-                spill_dir=spill_dir,
-                input_handler=input_handler,
-                gateway_url=gateway_url, gateway_token=gateway_token,
-                gateway_headers=gateway_headers, gateway_validate_cert=gateway_validate_cert,
-            )  # fmt: skip
-        )
-
-    def _setup(self, options: SessionOptions) -> None:
-        raise NotImplementedError
+    _options: SessionOptions
+    _state: SessionState
 
     @property
     def options(self) -> SessionOptions:
@@ -187,6 +72,16 @@ class _SessionBase:
         return kernel.kernel_id if kernel is not None else None
 
     @property
+    def kernel_info(self) -> dict[str, Any]:
+        """The current (or last) kernel's ``kernel_info_reply`` content; ``{}`` before start."""
+        return self._state.kernel_info
+
+    @property
+    def language_info(self) -> dict[str, Any]:
+        """The kernel's ``language_info`` (name, version, file extension, ...); ``{}`` before start."""
+        return dict(self._state.kernel_info.get("language_info", {}))
+
+    @property
     def is_alive(self) -> bool:
         """Whether the session has a running kernel."""
         kernel = self._state.kernel
@@ -207,6 +102,7 @@ class _SessionBase:
         return f"<{type(self).__name__} {self._options.kernel_name} {state} kernel_id={self.kernel_id}>"
 
 
+@with_options_signature
 class AsyncSession(_SessionBase):
     """A persistent kernel driven with ``async``/``await``.
 
@@ -215,20 +111,27 @@ class AsyncSession(_SessionBase):
     ...     r.result
     '42'
 
-    Use one AsyncSession from one event loop. Calls run one at a time, in arrival order.
+    Use one AsyncSession from one event loop. Calls run one at a time, in arrival order. The
+    options are those of ``SessionOptions``.
     """
 
-    def _setup(self, options: SessionOptions) -> None:
-        self._options = options
-        self._state = _SessionState()
-        self._lock = asyncio.Lock()
-        self._kernel_source: KernelSource = lambda: launch_kernel(options)
+    def __init__(self, kernel_name: str = "python3", *, _hooks: SessionHooks | None = None, **options: Any) -> None:
+        self._setup(session_options(type(self).__name__, kernel_name, options), _hooks)
 
     @classmethod
-    def _from_options(cls, options: SessionOptions) -> AsyncSession:
+    def from_options(cls, options: SessionOptions, *, _hooks: SessionHooks | None = None) -> AsyncSession:
+        """A session configured with ``options`` (e.g. another session's ``options``)."""
         session = cls.__new__(cls)
-        session._setup(options)
+        session._setup(options, _hooks)
         return session
+
+    def _setup(self, options: SessionOptions, hooks: SessionHooks | None) -> None:
+        hooks = hooks or SessionHooks()
+        self._options = options
+        self._state = SessionState()
+        self._lock = asyncio.Lock()
+        self._displays = hooks.displays
+        self._kernel_source: KernelSource = hooks.kernel_source or (lambda: launch_kernel(self._options))
 
     async def __aenter__(self) -> AsyncSession:
         return await self.start()
@@ -256,17 +159,17 @@ class AsyncSession(_SessionBase):
         time_limit = check_timeout(timeout, self._options.timeout)
         async with self._lock:
             kernel = await self._ensure_kernel()
+            await self._finish_abandoned(kernel)
             result = await self._run(kernel, code, time_limit, on_output or self._options.on_output)
-            self._state.history.append((code, result))
-            self._state.record(result)
+            self._state.record(code, result)
             return result
 
     async def interrupt(self) -> None:
         """Interrupt the code running now (its result gets status ``"interrupted"``)."""
-        call, kernel = self._state.call, self._state.kernel
-        if call is not None and kernel is not None:
+        call = self._state.call
+        if call is not None:
             call.interrupted = True
-            await _interrupt(call, kernel)
+            await call.interrupt()
 
     async def restart(self) -> None:
         """Replace the kernel with a fresh one; all state in the kernel is lost.
@@ -291,7 +194,7 @@ class AsyncSession(_SessionBase):
         state = self._state
         if state.closed:
             return
-        state.closed = True
+        state.enter(Phase.CLOSED)
         if state.call is not None and state.kernel is not None:
             await state.kernel.shutdown()
         async with self._lock:
@@ -299,13 +202,20 @@ class AsyncSession(_SessionBase):
             if kernel is not None:
                 await kernel.shutdown()
 
+    @property
+    def is_running(self) -> bool:
+        """Whether the session holds a kernel now (started, not shut down)."""
+        return self._state.kernel is not None
+
+    def raise_if_closed(self) -> None:
+        """Raise ``SessionClosed`` if the session was shut down."""
+        self._raise_if_closed()
+
     # The kernel's lifetime
 
     def _raise_if_closed(self) -> None:
         if self._state.closed:
-            raise SessionClosed(
-                "this session was shut down and cannot run code; create a new Session"
-            )
+            raise SessionClosed(_CLOSED)
 
     async def _ensure_kernel(self) -> KernelBackend:
         self._raise_if_closed()
@@ -317,17 +227,18 @@ class AsyncSession(_SessionBase):
     async def _start_kernel(self) -> None:
         """Start the session's next kernel (every start and restart goes through here)."""
         state = self._state
-        state.starting = True
+        state.enter(Phase.STARTING)
         try:
             kernel = await self._kernel_source()
         finally:
-            state.starting = False
+            state.settle()
         if state.closed:  # shut down while the kernel started
             await kernel.shutdown(graceful=False)
             self._raise_if_closed()
-        state.kernel = kernel
+        state.kernel, state.abandoned = kernel, None
         state.execution_count = 0
         state.kernel_info = kernel.info
+        state.settle()
         state.last_used = time.time()  # idle from now: a slow start or restart is not idleness
 
     async def _replace_kernel(self, *, graceful: bool = False, raise_start_error: bool = False) -> bool:
@@ -364,81 +275,47 @@ class AsyncSession(_SessionBase):
     async def _run(
         self, kernel: KernelBackend, code: str, time_limit: float, on_output: OutputCallback | None
     ) -> ExecutionResult:
-        """Run one request through the timeout ladder: wait, interrupt, wait the grace, restart."""
-        started = time.monotonic()
-        allow_stdin = self._options.input_handler is not None
-        msg_id = kernel.request("shell", "execute_request", execute_content(code, allow_stdin=allow_stdin))
-        collector = OutputCollector(
-            msg_id,
-            max_output_bytes=self._options.max_output_bytes,
-            on_output=on_output,
-            open_spill=self._spill_opener(),
-            displays=self._state.displays,
-        )
-        call = self._state.call = _Call(collector)
+        """Send ``code``, run it through the ladder, restart the kernel if the outcome says so."""
+        state, options = self._state, self._options
+        spill = SpillFile(options.spill_dir, len(state.history) + 1) if options.spill_dir else None
+        call = Call.send(
+            kernel, code, input_handler=options.input_handler, max_output_bytes=options.max_output_bytes,
+            on_output=on_output, spill=spill, displays=self._displays,
+        )  # fmt: skip
+        state.call = call
+        state.enter(Phase.BUSY)
+        outcome: Outcome | None = None
         try:
-            try:
-                outcome = await pump(kernel, collector, started + time_limit, self._options.input_handler)
-                if outcome is DEADLINE:
-                    call.timed_out = True
-                    grace_ends = time.monotonic() + self._options.interrupt_grace  # interrupting takes time
-                    await _interrupt(call, kernel)
-                    outcome = await pump(kernel, collector, grace_ends, self._options.input_handler)
-            except asyncio.CancelledError:
-                await asyncio.shield(_interrupt_quietly(kernel))
-                raise
-            finally:
-                self._state.call = None
-                await _drop_pending_interrupt(call)
-            restarted = outcome is not None and await self._replace_kernel()
-            return self._result(code, call, outcome, time.monotonic() - started, time_limit, restarted)
+            outcome = await run_request(call, time_limit, options.interrupt_grace)
         finally:
-            _discard_spill(collector)  # a call that ends without a result leaves no spill file
-
-    def _spill_opener(self) -> Any:
-        spill_dir = self._options.spill_dir
-        if spill_dir is None:
-            return None
-        prefix = f"kernelexec-{len(self._state.history) + 1}-"
-
-        def open_spill() -> TextIO:
-            return tempfile.NamedTemporaryFile(
-                "w", dir=spill_dir, prefix=prefix, suffix=".txt", delete=False,
-                encoding="utf-8", errors="replace",
-            )  # fmt: skip
-
-        return open_spill
-
-    def _result(
-        self,
-        code: str,
-        call: _Call,
-        outcome: KernelDeath | Deadline | None,
-        exec_time: float,
-        time_limit: float,
-        restarted: bool,
-    ) -> ExecutionResult:
-        collector = call.collector
-        reply = collector.reply or {}
-        status, error = _outcome(call, outcome, reply, time_limit, restarted, self._state.closed)
-        count = reply.get("execution_count")
+            state.call = None
+            state.settle()
+            if outcome is None:  # cancelled: the kernel still finishes the request
+                state.abandoned = call
+                if spill is not None:
+                    spill.close(keep=False)
+        restarted = outcome.needs_restart and await self._replace_kernel()
+        count = call.collector.reply.get("execution_count") if call.collector.reply else None
         if isinstance(count, int) and not restarted:
-            self._state.execution_count = count
-        return ExecutionResult(
-            status=status,
-            outputs=collector.outputs(),
-            error=error,
-            exec_time=exec_time,
-            execution_count=count if isinstance(count, int) else None,
-            time_limit=time_limit,
-            restarted=restarted,
-            truncated_bytes=collector.truncated_bytes,
-            output_path=_close_spill(collector),
-            code=code,
-            timing=collector.timing,
-        )
+            state.execution_count = count
+        path = spill.close(keep=call.collector.truncated_bytes > 0) if spill is not None else None
+        return result_of(outcome, code, restarted=restarted, closed=state.closed, output_path=path)
+
+    async def _finish_abandoned(self, kernel: KernelBackend) -> None:
+        """Let a request given up by a cancelled call end before the next is sent.
+
+        ipykernel aborts every request queued behind one that failed (the interrupted one); it is
+        given the interrupt grace to end, and then the next request goes anyway.
+        """
+        call, self._state.abandoned = self._state.abandoned, None
+        if call is None or call.kernel is not kernel:
+            return
+        ended = await pump(call, time.monotonic() + self._options.interrupt_grace)
+        if ended is not None:
+            log.debug("a request given up earlier did not end within the grace: %r", ended)
 
 
+@with_options_signature
 class Session(_SessionBase):
     """A persistent kernel with a synchronous API.
 
@@ -449,32 +326,38 @@ class Session(_SessionBase):
 
     Safe to share between threads: calls run one at a time, in arrival order. The work happens
     on kernelexec's event-loop thread, which is shared by all sessions and joined when the last
-    one shuts down.
+    one shuts down. The options are those of ``SessionOptions``.
     """
 
-    def _setup(self, options: SessionOptions) -> None:
-        self._options = options
-        self._async = AsyncSession._from_options(options)
-        self._state = self._async._state
-        self._loop_lock = threading.Lock()
-        self._loop_thread: LoopThread | None = None
-        self._owner_loop: LoopThread | None = None  # set when a manager owns the loop thread
-        self._calls_in_flight = 0
+    def __init__(self, kernel_name: str = "python3", *, _hooks: SessionHooks | None = None, **options: Any) -> None:
+        session = AsyncSession(kernel_name, _hooks=_hooks, **options)
+        self._attach(session, LoopLease(keep=lambda: session.is_running, refuse_closed=session.raise_if_closed))
+        self._own_lease = True
 
     @classmethod
-    def _attached(cls, session: AsyncSession, loop_thread: LoopThread) -> Session:
-        """The sync face of a manager's ``AsyncSession``, on the manager's loop thread."""
-        attached = cls.__new__(cls)
-        attached._setup(session.options)
-        attached._async, attached._state = session, session._state
-        attached._owner_loop = loop_thread
-        return attached
+    def over(cls, session: AsyncSession, lease: LoopLease) -> Session:
+        """The synchronous face of ``session``, run through ``lease`` (a manager's loop)."""
+        face = cls.__new__(cls)
+        face._attach(session, lease)
+        face._own_lease = False
+        return face
+
+    def _attach(self, session: AsyncSession, lease: LoopLease) -> None:
+        self._async = session
+        self._options = session.options
+        self._state = session._state
+        self._lease = lease
 
     def __enter__(self) -> Session:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
+
+    @property
+    def async_session(self) -> AsyncSession:
+        """The ``AsyncSession`` this face runs (for asyncio code sharing the session)."""
+        return self._async
 
     def start(self) -> Session:
         """Start the kernel (a no-op when it is running). Raises ``KernelStartError``."""
@@ -497,140 +380,16 @@ class Session(_SessionBase):
 
     def shutdown(self) -> None:
         """Stop the kernel and release everything, including kernelexec's loop thread."""
-        if self._state.closed and self._loop_thread is None:
+        if self.closed and not (self._own_lease and self._lease.held):
             return
         self._call(self._async.shutdown())
 
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine that uses ``async_session`` on this session's loop thread."""
+        return self._call(coroutine)
+
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the shared loop thread, which is held only while it is needed."""
-        if self._owner_loop is not None:
-            if self._state.closed:
-                coroutine.close()
-                self._async._raise_if_closed()
-            return self._owner_loop.run(coroutine)
-        with self._loop_lock:
-            if self._loop_thread is None:
-                if self._state.closed:
-                    coroutine.close()
-                    self._async._raise_if_closed()
-                self._loop_thread = LoopThread.acquire()
-            loop_thread = self._loop_thread
-            self._calls_in_flight += 1
-        try:
-            return loop_thread.run(coroutine)
-        finally:
-            with self._loop_lock:
-                self._calls_in_flight -= 1
-                if not self._calls_in_flight and self._state.kernel is None:
-                    self._loop_thread = None
-                    loop_thread.release()
-
-
-def _outcome(
-    call: _Call,
-    outcome: KernelDeath | Deadline | None,
-    reply: dict[str, Any],
-    time_limit: float,
-    restarted: bool,
-    closed: bool,
-) -> tuple[Status, ErrorInfo | None]:
-    """The status of a finished call and the error that explains it."""
-    payload = error_payload(reply.get("payload", []))
-    frames = list(frames_from_payload(payload))
-    exc_info = dict(payload.get("exc_info", {})) if payload else {}
-    if isinstance(outcome, KernelDeath):
-        if closed:
-            fate = "the session was shut down"
-        else:
-            fate = "the kernel was restarted" if restarted else "no new kernel could be started yet"
-        evalue = f"{outcome.describe()} during this call; {fate} and its state is lost"
-        detail = outcome.detail.splitlines()[-20:] if outcome.detail else []
-        return "died", ErrorInfo("KernelDied", evalue, detail)
-    traceback = list(reply.get("traceback", []))
-    if call.timed_out:
-        limit = humanize.naturaldelta(time_limit)
-        return "timeout", ErrorInfo(
-            "TimeoutError", f"Execution exceeded the time limit of {limit}", traceback, frames
-        )
-    if not reply:  # only a request an interrupt hit just before its code ends without one (see pump)
-        return "interrupted", ErrorInfo(
-            "KeyboardInterrupt", "interrupted before the code started; the kernel did not run it"
-        )
-    status = reply.get("status")
-    if status == "ok":
-        return "ok", None
-    if status == "aborted":
-        return "error", ErrorInfo("Aborted", "the kernel aborted this request without running it")
-    ename, evalue = reply.get("ename", "Error"), reply.get("evalue", "")
-    error = ErrorInfo(ename, evalue, traceback, frames, exc_info)
-    if call.interrupted and ename == "KeyboardInterrupt":
-        return "interrupted", error
-    return "error", error
-
-
-def _close_spill(collector: OutputCollector) -> str | None:
-    """Close the call's spill file; keep it only when output was really truncated."""
-    spill = collector.spill_file
-    if spill is None:
-        return None
-    spill.close()
-    if collector.truncated_bytes:
-        return spill.name
-    os.unlink(spill.name)
-    return None
-
-
-def _discard_spill(collector: OutputCollector) -> None:
-    """Close and delete the call's spill file unless ``_close_spill`` handed it to a result."""
-    spill = collector.spill_file
-    if spill is None or spill.closed:
-        return
-    with contextlib.suppress(OSError):  # the error that ended the call may be a full disk
-        spill.close()
-    with contextlib.suppress(OSError):
-        os.unlink(spill.name)
-
-
-async def _interrupt(call: _Call, kernel: KernelBackend) -> None:
-    """Interrupt the call's code once the kernel runs it.
-
-    An early interrupt goes wrong: ipykernel ignores SIGINT until it takes the request, and one
-    that arrives after it took the request but before the code runs makes it drop the request
-    without a reply. So until the kernel says it started (``execute_input``, or a first output),
-    the interrupt waits in a task of its own while the call goes on reading; a kernel that does
-    not say so within ``INTERRUPT_START_WAIT_SECONDS`` is interrupted anyway. ipykernel still
-    has a few steps to take after ``execute_input``: a request dropped there ends soon after its
-    idle status (see ``pump``). While one interrupt waits, more for the same call add nothing.
-    """
-    if not call.collector.started:
-        if call.pending_interrupt is None:
-            call.pending_interrupt = asyncio.create_task(_interrupt_once_started(call, kernel))
-        return
-    call.collector.interrupt_sent = True
-    await kernel.interrupt()
-
-
-async def _interrupt_once_started(call: _Call, kernel: KernelBackend) -> None:
-    gives_up_at = time.monotonic() + INTERRUPT_START_WAIT_SECONDS
-    while not call.collector.started and time.monotonic() < gives_up_at:
-        await asyncio.sleep(0.002)
-    call.collector.interrupt_sent = True
-    await kernel.interrupt()
-
-
-async def _drop_pending_interrupt(call: _Call) -> None:
-    """The call is over: an interrupt still waiting for it must not hit the next one."""
-    task = call.pending_interrupt
-    if task is None:
-        return
-    task.cancel()
-    await asyncio.wait([task])  # unlike awaiting the task, a cancellation of ours still raises
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("interrupting the kernel failed", exc_info=task.exception())
-
-
-async def _interrupt_quietly(kernel: KernelBackend) -> None:
-    try:
-        await kernel.interrupt()
-    except Exception:
-        log.debug("interrupting a cancelled call failed", exc_info=True)
+        if not self._own_lease and self.closed:  # a manager's session: its loop is the manager's
+            coroutine.close()
+            self._async.raise_if_closed()
+        return self._lease.run(coroutine)

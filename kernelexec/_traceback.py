@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from ._kernel_side import PAYLOAD_SOURCE
+from ._wire import ERROR_PAYLOAD_SOURCE
 
 # CSI sequences (colours, cursor moves) and OSC sequences (hyperlinks) that IPython may emit.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
@@ -34,7 +34,7 @@ def plain_traceback(traceback: Iterable[str]) -> str:
 def error_payload(payloads: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The payload kernelexec's in-kernel hook attached to an execute_reply, if any."""
     for payload in payloads:
-        if payload.get("source") == PAYLOAD_SOURCE:
+        if payload.get("source") == ERROR_PAYLOAD_SOURCE:
             return payload
     return None
 

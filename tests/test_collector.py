@@ -15,6 +15,27 @@ from kernelexec._collector import OutputCollector, truncation_marker
 from kernelexec._displays import DisplayRegistry
 
 
+class MemorySpill:
+    """A spill sink that keeps what it is given in memory (the collector does no file I/O)."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self._text = io.StringIO()
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def write(self, text: str) -> None:
+        self._text.write(text)
+
+    def clear(self) -> None:
+        self._text.seek(0)
+        self._text.truncate()
+
+    def getvalue(self) -> str:
+        return self._text.getvalue()
+
+
 def collector(max_output_bytes: int = 1_000_000, **kwargs) -> OutputCollector:
     return OutputCollector(PARENT, max_output_bytes=max_output_bytes, **kwargs)
 
@@ -149,18 +170,18 @@ def test_clear_output_resets_the_budget():
 
 
 def test_spill_file_gets_the_full_text_once_truncation_starts():
-    spill = io.StringIO()
-    c = collector(max_output_bytes=10, open_spill=lambda: spill)
+    spill = MemorySpill()
+    c = collector(max_output_bytes=10, spill=spill)
     c.feed("iopub", stream("0123456789" * 3))
     c.feed("iopub", stream("abc"))
     assert spill.getvalue() == "0123456789" * 3 + "abc"
 
 
 def test_no_spill_file_is_opened_without_truncation():
-    opened = []
-    c = collector(max_output_bytes=100, open_spill=lambda: opened.append(1) or io.StringIO())
+    spill = MemorySpill()
+    c = collector(max_output_bytes=100, spill=spill)
     c.feed("iopub", stream("short"))
-    assert opened == []
+    assert spill.opened == 0
 
 
 def test_on_output_sees_each_output_as_it_arrives():
@@ -299,8 +320,8 @@ def test_each_stream_message_is_measured_once_not_the_whole_tail(monkeypatch):
 
 
 def test_spill_file_after_clear_output_holds_only_what_is_visible():
-    spill = io.StringIO()
-    c = collector(max_output_bytes=100, open_spill=lambda: spill)
+    spill = MemorySpill()
+    c = collector(max_output_bytes=100, spill=spill)
     c.feed("iopub", stream("A" * 200))
     c.feed("iopub", clear())
     c.feed("iopub", stream("B" * 40))
@@ -310,8 +331,8 @@ def test_spill_file_after_clear_output_holds_only_what_is_visible():
 
 
 def test_spill_file_is_emptied_by_a_clear_that_ends_the_truncation():
-    spill = io.StringIO()
-    c = collector(max_output_bytes=100, open_spill=lambda: spill)
+    spill = MemorySpill()
+    c = collector(max_output_bytes=100, spill=spill)
     c.feed("iopub", stream("A" * 200))
     c.feed("iopub", clear(wait=True))
     assert spill.getvalue() == "A" * 200  # still shown until the next output
@@ -320,8 +341,8 @@ def test_spill_file_is_emptied_by_a_clear_that_ends_the_truncation():
 
 
 def test_spill_file_and_result_text_agree_on_an_error_without_traceback():
-    spill = io.StringIO()
-    c = collector(max_output_bytes=10, open_spill=lambda: spill)
+    spill = MemorySpill()
+    c = collector(max_output_bytes=10, spill=spill)
     c.feed("iopub", stream("x" * 20))
     c.feed("iopub", msg("error", {"ename": "ValueError", "evalue": "bad", "traceback": []}))
     assert spill.getvalue() == "x" * 20 + "ValueError: bad\n"

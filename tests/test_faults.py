@@ -402,6 +402,6 @@ def test_a_flood_on_file_descriptor_2_does_not_fill_the_disk():
     with kx.Session(timeout=3, env={"PYTEST_CURRENT_TEST": None}) as s:
         r = Timed(s)("import subprocess\nsubprocess.run('yes 0123456789 >&2', shell=True)", bound=20)
         assert r.status == "timeout" and r.truncated_bytes > 50_000_000
-        stderr_file = s._async._state.kernel._stderr_file
+        stderr_file = s.async_session._state.kernel._stderr_file
         assert os.fstat(stderr_file.fileno()).st_blocks * 512 < 8 * MiB
         still_works(s)

@@ -25,7 +25,8 @@ import psutil
 import pytest
 
 import kernelexec as kx
-from kernelexec._collector import OUTPUT_DROPPED, OutputCollector
+from kernelexec._collector import OutputCollector
+from kernelexec._gateway import output_dropped_notice
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -367,8 +368,8 @@ def test_collector_reports_output_dropped_by_the_gateway_as_truncation():
     parent = {"msg_id": "m1"}
     collector.feed("iopub", {"header": {"msg_type": "stream"}, "parent_header": parent,
                              "content": {"name": "stdout", "text": "before\n"}})  # fmt: skip
-    collector.feed("iopub", {"header": {"msg_type": OUTPUT_DROPPED}, "parent_header": parent,
-                             "content": {"name": "stderr", "text": "IOPub data rate exceeded.\n..."}})  # fmt: skip
+    collector.feed("iopub", output_dropped_notice({"header": {"msg_type": "stream"}, "parent_header": parent,
+                             "content": {"name": "stderr", "text": "IOPub data rate exceeded.\n..."}}))  # fmt: skip
     assert collector.truncated_bytes >= 1
     texts = [output.text for output in collector.outputs()]
     assert texts[0] == "before\n" and "IOPub data rate exceeded;" in texts[1]
@@ -381,7 +382,7 @@ def test_a_dropped_websocket_is_reopened_and_the_call_completes(gateway):
         first_socket = kernel._socket
         # Cut the TCP connection under the websocket, as a network failure would, mid-call.
         stream = first_socket._connection.protocol.stream
-        cut = threading.Timer(1.0, lambda: s._loop_thread.loop.call_soon_threadsafe(stream.close))
+        cut = threading.Timer(1.0, lambda: s._lease.loop.call_soon_threadsafe(stream.close))
         cut.start()
         r = s.execute("import time\nprint('a', flush=True)\ntime.sleep(2)\nprint('b', flush=True)\nkept")
         cut.join()

@@ -6,12 +6,15 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 import kernelexec as kx
+from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -295,6 +298,39 @@ def test_a_cancelled_call_that_truncated_leaves_no_spill_file(tmp_path):
             assert list(tmp_path.iterdir()) == []  # and the leak check sees no open fd
 
     asyncio.run(main())
+
+
+CTRL_C_IN_THE_CALLER = """
+import os, signal, sys, threading, time
+import kernelexec as kx
+
+with kx.Session(timeout=30) as s:
+    s.execute("n = 0")
+    for attempt in range(int(sys.argv[1])):
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            s.execute("import time\\nfor i in range(100):\\n    n += 1\\n    time.sleep(0.1)")
+            print("not interrupted")
+        except KeyboardInterrupt:
+            r = s.execute("n")
+            print(r.status, r.error.headline if r.error else r.result, flush=True)
+"""
+
+
+def test_ctrl_c_in_the_caller_interrupts_the_kernel_and_the_next_call_runs(tmp_path):
+    """Ctrl-C during execute() interrupts the code; the very next call runs (before, ipykernel
+    aborted it as queued behind the interrupted request)."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_IN_THE_CALLER)
+    done = subprocess.run(
+        [sys.executable, str(script), "5"], capture_output=True, text=True, timeout=50,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == 5, (done.stdout, done.stderr[-2000:])
+    counts = [int(line.split()[1]) for line in lines]
+    assert all(line.startswith("ok ") for line in lines), lines
+    assert counts == sorted(counts) and counts[-1] < 5 * 100  # each loop was cut short
 
 
 # Lifecycle and arguments

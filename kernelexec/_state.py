@@ -1,0 +1,112 @@
+"""What a session knows at a moment: its lifecycle phase, kernel, call in flight and counters.
+
+Shared by both faces of a session (``AsyncSession`` and the ``Session`` over it) and read by the
+manager's culler through ``stats``. No I/O here.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._backend import KernelBackend
+from ._displays import DisplayRegistry
+from ._result import ExecutionResult
+
+if TYPE_CHECKING:
+    from ._execute import Call
+    from ._launch import KernelSource
+
+
+class Phase(str, enum.Enum):
+    """Where a session is in its life; the value is what ``stats.status`` shows."""
+
+    NOT_STARTED = "not started"  # no kernel yet, or the last (re)start failed: the next call starts one
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """A snapshot of what a session has done: wall-clock times and counters."""
+
+    created: float
+    last_used: float
+    executions: int
+    timeouts: int
+    restarts: int
+    deaths: int
+    status: str  # "not started", "starting", "idle", "busy" or "closed"
+    kernel_id: str | None
+
+
+@dataclass(frozen=True)
+class SessionHooks:
+    """Internal seams for kernelexec's own callers of ``AsyncSession`` (not public API).
+
+    - ``kernel_source``: where the session's kernels come from (the manager's warm pool);
+      default: a new kernel launched for the session's options.
+    - ``displays``: a display registry shared by all calls, as a notebook front end shares it
+      across cells (``run_notebook``); default: one per call.
+    """
+
+    kernel_source: KernelSource | None = None
+    displays: DisplayRegistry | None = None
+
+
+@dataclass
+class SessionState:
+    """The mutable state behind a session's faces."""
+
+    phase: Phase = Phase.NOT_STARTED
+    kernel: KernelBackend | None = None
+    call: Call | None = None
+    execution_count: int = 0
+    history: list[tuple[str, ExecutionResult]] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    counts: Counter[str] = field(default_factory=Counter)
+    kernel_info: dict[str, Any] = field(default_factory=dict)  # the last kernel's kernel_info_reply
+    # A request given up by a cancelled call (Ctrl-C): the next call lets it finish first, or the
+    # kernel would abort the next request as queued behind an error.
+    abandoned: Call | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    def enter(self, phase: Phase) -> None:
+        """Move to ``phase``; a closed session stays closed."""
+        if self.phase is not Phase.CLOSED:
+            self.phase = phase
+
+    def settle(self) -> None:
+        """Back to rest after a call or a (re)start: idle with a kernel, else not started."""
+        self.enter(Phase.IDLE if self.kernel is not None else Phase.NOT_STARTED)
+
+    def record(self, code: str, result: ExecutionResult) -> None:
+        self.history.append((code, result))
+        self.last_used = time.time()
+        self.counts.update(
+            executions=1,
+            timeouts=result.status == "timeout",
+            deaths=result.status == "died",
+            restarts=result.restarted,
+        )
+
+    def stats(self) -> SessionStats:
+        return SessionStats(
+            created=self.created,
+            last_used=self.last_used,
+            executions=self.counts["executions"],
+            timeouts=self.counts["timeouts"],
+            restarts=self.counts["restarts"],
+            deaths=self.counts["deaths"],
+            status=self.phase.value,
+            kernel_id=self.kernel.kernel_id if self.kernel is not None else None,
+        )
