@@ -48,7 +48,7 @@ def _display_filename(shell, filename):
 def _user_frames(shell, error):
     frames = []
     for frame in traceback.extract_tb(error.__traceback__):
-        if frame.filename.startswith(_INTERNAL_DIRS):
+        if frame.filename.startswith(_INTERNAL_DIRS) or frame.filename == "<kernelexec>":
             continue
         frames.append(
             [_display_filename(shell, frame.filename), frame.lineno, frame.name, frame.line or ""]
@@ -430,6 +430,135 @@ class _FdForwarder(object):
             return
 
 
+class _InterruptDelivery(object):
+    """Every interrupt reaches the code, even one that lands just before a blocking call.
+
+    A SIGINT sets a flag that Python checks between bytecodes; one that arrives after the last
+    check but before a blocking system call starts (``time.sleep``, a read) does not interrupt the
+    call, and the KeyboardInterrupt comes only when the call returns, seconds later (seen in 5 of
+    150 early interrupts on a loaded machine). While a request runs, SIGINT is handled by a
+    handler that counts the interrupts it raises, and the signal's wakeup fd wakes a thread of
+    ours: if the handler has not run 50 ms after the signal came, the signal is sent again to the
+    main thread itself, which interrupts its system call. Signals not yet handled collapse into
+    one, so the code gets one KeyboardInterrupt. A handler the code installed is left alone, and
+    the handler's own frame is cut from the traceback the user sees.
+    """
+
+    RECHECK_SECONDS = 0.05
+    MAX_RESENDS = 5
+
+    def __init__(self):
+        import signal
+        import time
+
+        self._signal = signal
+        self._clock = time.monotonic
+        self._main = threading.main_thread().ident
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        # When the handler last raised, and when the watcher last saw an interrupt through: a
+        # signal that woke the watcher came after the latter, so it was handled if the former is
+        # later still (also when the watcher wakes only after its request ended).
+        self._raised_at = 0.0
+        self._settled_at = 0.0
+        self._running = False
+        self._previous_wakeup = -1
+
+    @classmethod
+    def install(cls, shell):
+        import signal
+
+        kernel = getattr(shell, "kernel", None)
+        if not (hasattr(signal, "pthread_kill") and hasattr(kernel, "pre_handler_hook")):
+            return None
+        delivery = cls()
+        pre, post = kernel.pre_handler_hook, kernel.post_handler_hook
+
+        def pre_handler_hook():
+            pre()
+            delivery.start_request()
+
+        def post_handler_hook():
+            delivery.end_request()
+            post()
+
+        kernel.pre_handler_hook, kernel.post_handler_hook = pre_handler_hook, post_handler_hook
+        get_exc_info = shell._get_exc_info
+
+        def exc_info_without_our_frame(exc_tuple=None):
+            etype, value, tb = get_exc_info(exc_tuple)
+            if isinstance(value, KeyboardInterrupt):
+                delivery.cut_own_frame(tb)
+            return etype, value, tb
+
+        shell._get_exc_info = exc_info_without_our_frame
+        watcher = threading.Thread(target=delivery._watch, name="kernelexec-interrupts", daemon=True)
+        watcher.start()
+        return delivery
+
+    def on_sigint(self, signum, frame):
+        self._raised_at = self._clock()
+        raise KeyboardInterrupt
+
+    def cut_own_frame(self, tb):
+        previous = None
+        while tb is not None and tb.tb_next is not None:
+            previous, tb = tb, tb.tb_next
+        if previous is not None and tb.tb_frame.f_code is self.on_sigint.__code__:
+            previous.tb_next = None
+
+    def start_request(self):
+        signal = self._signal
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # ipykernel's, for the request
+            signal.signal(signal.SIGINT, self.on_sigint)
+        self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._running = True
+
+    def end_request(self):
+        self._running = False
+        self._signal.set_wakeup_fd(self._previous_wakeup)
+
+    def _watch(self):
+        import time
+
+        signal = self._signal
+        while True:
+            try:
+                received = os.read(self._read_fd, 512)
+            except OSError:
+                return
+            if self._previous_wakeup != -1:  # it was someone else's (asyncio's): pass it on
+                try:
+                    os.write(self._previous_wakeup, received)
+                except OSError:
+                    pass
+            if signal.SIGINT not in received:
+                continue
+            for _ in range(self.MAX_RESENDS):
+                if self._handled():  # (also before we woke up: it is usually at once)
+                    break
+                time.sleep(self.RECHECK_SECONDS)
+                if self._handled() or signal.getsignal(signal.SIGINT) != self.on_sigint:
+                    break  # handled, over, or the code handles SIGINT its own way
+                signal.pthread_kill(self._main, signal.SIGINT)
+            self._discard_own_wakeups()
+            self._settled_at = self._clock()
+
+    def _handled(self):
+        return self._raised_at > self._settled_at or not self._running
+
+    def _discard_own_wakeups(self):
+        """The signals sent again wrote wakeup bytes too; they are not new interrupts."""
+        os.set_blocking(self._read_fd, False)
+        try:
+            while os.read(self._read_fd, 512):
+                pass
+        except OSError:  # empty
+            pass
+        finally:
+            os.set_blocking(self._read_fd, True)
+
+
 def _keep_kernel_on_exit(shell):
     """IPython's ``exit()``/``quit()`` would end the kernel once the call is over, taking the
     session's state with it; in a session only the owner ends the kernel."""
@@ -521,6 +650,7 @@ def install(
     shell._kernelexec_installed = True
     _INTERNAL_DIRS = _internal_dirs()
     _report_errors(shell)
+    _InterruptDelivery.install(shell)
     _flush_output_before_hard_exit()
     _keep_kernel_on_exit(shell)
     if max_bundle_chars:

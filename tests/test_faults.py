@@ -82,10 +82,13 @@ class PeakRss:
         self._thread.join()
 
 
+@pytest.mark.timeout(300)
 def test_a_400_mib_print_keeps_client_memory_bounded_and_counts_every_byte(run, shared):
     code = "print('H' * 1000 + 'x' * (400 * 2**20) + 'T' * 1000)"
     with PeakRss() as memory:
-        r = run(code, bound=60)
+        # What is tested is memory and counting, not speed: on a loaded machine moving 400 MiB
+        # through the kernel's I/O thread took longer than the shared session's 30 s.
+        r = run(code, bound=250, timeout=240)
     assert r.ok
     assert r.stdout.startswith("H" * 1000) and r.stdout.rstrip().endswith("T" * 1000)
     total = 400 * MiB + 2001

@@ -186,14 +186,17 @@ def test_the_culler_goes_on_after_a_session_fails_to_close(caplog):
 
     async def main() -> None:
         async with kx.AsyncSessionManager(pool_size=0, idle_timeout=1) as m:
-            bad, good = await m.session("bad"), await m.session("good")
+            bad = await m.session("bad")
             real_shutdown = bad.shutdown
 
             async def failing_shutdown() -> None:
                 await real_shutdown()
                 raise RuntimeError("shutdown failed")
 
+            # Patched before anything else is awaited: a slow start of "good" (a loaded machine)
+            # must not let the culler close "bad" the ordinary way first.
             bad.shutdown = failing_shutdown  # type: ignore[method-assign]
+            good = await m.session("good")
             deadline = time.monotonic() + 15
             while m.list():
                 assert time.monotonic() < deadline, "the culler stopped"
