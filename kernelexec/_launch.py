@@ -68,7 +68,12 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions) -> None
             f"exec(compile({_BOOTSTRAP_SOURCE + chr(10) + install!r}, '<kernelexec>', 'exec'),"
             " {'__name__': '__kernelexec__'})"
         )
-        await run_private(kernel, code, options, "kernelexec's in-kernel setup")
+        try:
+            await run_private(kernel, code, options, "kernelexec's in-kernel setup")
+        except KernelStartError as error:
+            if options.memory_limit is None:
+                raise
+            raise KernelStartError(_memory_limit_too_small(options.memory_limit, error)) from error
     else:
         unenforced = [
             name for name, needed in (
@@ -101,6 +106,15 @@ async def run_private(kernel: KernelBackend, code: str, options: SessionOptions,
     if reply.get("status") != "ok":
         traceback = plain_traceback(reply.get("traceback", [])) or reply.get("evalue", "")
         raise KernelStartError(f"{what} failed in the kernel; fix it and retry:\n{traceback}")
+
+
+def _memory_limit_too_small(memory_limit: int, error: KernelStartError) -> str:
+    cause = str(error).strip().splitlines()[-1]  # the kernel's refusal, its death, or the wait
+    return (
+        f"the kernel could not start with memory_limit={memory_limit / 2**20:g} MiB, which is "
+        f"probably too small ({cause}). memory_limit caps virtual memory (RLIMIT_AS), and an "
+        "IPython kernel needs about 768 MiB of it to start: raise it (1 GiB or more) or leave it unset"
+    )
 
 
 def execute_content(code: str, *, silent: bool = False, allow_stdin: bool = False) -> dict[str, Any]:
