@@ -33,6 +33,7 @@ _FLAG_FOR_PARAMETER = {"as kernel_name": "with --kernel"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see ``EXIT_STATUSES``)."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:

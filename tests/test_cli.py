@@ -112,8 +112,11 @@ def test_ctrl_c_interrupts_the_code_and_exits_130_with_what_was_printed():
         process.kill()
         process.wait()
     assert process.returncode == 130
-    # What the code printed up to the interrupt, and nothing else (no traceback, no footer).
-    assert out.splitlines() == [f"tick {i}" for i in range(1, len(out.splitlines()) + 1)]
+    # What the code printed up to the interrupt, and nothing else (no traceback, no footer);
+    # the interrupt may land inside the last print.
+    lines = out.splitlines()
+    assert lines[:-1] == [f"tick {i}" for i in range(1, len(lines))]
+    assert not lines or lines[-1].startswith("tick")
     assert errors.startswith("kernelexec: interrupted after ") and errors.count("\n") == 1, errors
 
 
