@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 import kernelexec as kx
@@ -14,15 +12,15 @@ MiB = 2**20
 
 @pytest.mark.timeout(60)
 def test_a_memory_limit_too_small_to_start_says_so_at_once():
-    started = time.monotonic()
     with pytest.raises(kx.KernelStartError) as caught:
         kx.Session(memory_limit=64 * MiB, startup_timeout=30).start()
     message = str(caught.value)
     assert "memory_limit=64 MiB, which is probably too small" in message
     assert "the kernel already maps" in message and "MiB of address space" in message
     assert "needs about 768 MiB" in message and "raise it" in message
-    # It used to hang until startup_timeout: the kernel is told before the limit is set.
-    assert time.monotonic() - started < 25
+    # The kernel refused the limit before setting it (it used to die with code 127, or hang
+    # until startup_timeout), so no wait for the startup timeout is involved.
+    assert "did not finish within startup_timeout" not in message
 
 
 def test_a_kernel_that_dies_under_its_memory_limit_gets_the_same_hint():
