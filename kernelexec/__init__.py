@@ -5,7 +5,16 @@
 ...     s.execute("x = 2")
 ...     s.execute("x * 21").result
 '42'
+
+The exceptions are imported with the package; every other public name is imported on first
+use (PEP 562), so ``import kernelexec`` and ``kernelexec --help`` do not pay for nbformat,
+jsonschema, ZMQ and jupyter_client (about 1.5 s of imports) until a session is made.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     CellExecutionError,
@@ -17,15 +26,47 @@ from ._errors import (
     TooManySessions,
     UnknownSession,
 )
-from ._manager import AsyncSessionManager, SessionInfo, SessionManager
-from ._notebook import async_run_notebook, run_notebook
-from ._progress import Progress
-from ._result import ErrorInfo, ExecutionResult
-from ._session import AsyncSession, Session
-from ._state import SessionStats
-from ._traceback import Frame
+
+if TYPE_CHECKING:
+    from ._manager import AsyncSessionManager, SessionInfo, SessionManager
+    from ._notebook import async_run_notebook, run_notebook
+    from ._progress import Progress
+    from ._result import ErrorInfo, ExecutionResult
+    from ._session import AsyncSession, Session
+    from ._state import SessionStats
+    from ._traceback import Frame
 
 __version__ = "0.1.0"
+
+# Public name -> the private module that defines it, imported when the name is first used.
+_LAZY = {
+    "AsyncSessionManager": "_manager",
+    "SessionInfo": "_manager",
+    "SessionManager": "_manager",
+    "async_run_notebook": "_notebook",
+    "run_notebook": "_notebook",
+    "Progress": "_progress",
+    "ErrorInfo": "_result",
+    "ExecutionResult": "_result",
+    "AsyncSession": "_session",
+    "Session": "_session",
+    "SessionStats": "_state",
+    "Frame": "_traceback",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kernelexec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups do not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AsyncSession",

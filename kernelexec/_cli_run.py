@@ -8,8 +8,6 @@ import time
 from typing import Any
 
 from ._errors import CellExecutionError
-from ._notebook import run_notebook
-from ._parameters import parse_cli_value
 from ._result import EXIT_STATUS
 
 
@@ -39,6 +37,9 @@ def add_run_command(commands: Any) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the notebook; report the failing cell and return the exit status."""
+    from ._notebook import run_notebook  # nbformat, ZMQ, jupyter_client: not for --help
+    from ._parameters import parse_cli_value
+
     parameters = {name: parse_cli_value(value) for name, value in args.parameter}
     started = time.monotonic()
     try:

@@ -589,6 +589,17 @@ def _flush_output_before_hard_exit():
     os._exit = exit_after_flushing
 
 
+def _refuse_a_limit_below_use(memory_limit):
+    """An address-space limit below what the kernel maps already kills or hangs it: say so."""
+    try:
+        with open("/proc/self/status") as status:
+            in_use = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    if memory_limit <= in_use:
+        raise MemoryError(f"the kernel already maps {in_use / 2**20:.0f} MiB of address space")
+
+
 def _lower_limit(which, value):
     """Lower a resource limit (soft and hard, so the code cannot raise it back)."""
     import resource
@@ -642,6 +653,7 @@ def install(
 
     shell = get_ipython()
     if memory_limit:
+        _refuse_a_limit_below_use(memory_limit)
         _lower_limit("RLIMIT_AS", memory_limit)  # over-allocation: a clean MemoryError
     if max_processes:
         _lower_limit("RLIMIT_NPROC", max_processes)

@@ -55,7 +55,12 @@ async def start_kernel(options: SessionOptions) -> KernelBackend:
 async def prepare_kernel(kernel: KernelBackend, options: SessionOptions) -> None:
     """Install kernelexec's in-kernel hooks (Python kernels), then run the startup code."""
     if kernel.info.get("language_info", {}).get("name") == "python":
-        await run_private(kernel, bootstrap_code(kernel, options), options, "kernelexec's in-kernel setup")
+        try:
+            await run_private(kernel, bootstrap_code(kernel, options), options, "kernelexec's in-kernel setup")
+        except KernelStartError as error:
+            if options.memory_limit is None:
+                raise
+            raise KernelStartError(_memory_limit_too_small(options.memory_limit, error)) from error
     else:
         _refuse_unenforceable_limits(kernel, options)
     if options.startup_code:
@@ -105,3 +110,12 @@ async def run_private(kernel: KernelBackend, code: str, options: SessionOptions,
     if reply.get("status") != "ok":
         traceback = plain_traceback(reply.get("traceback", [])) or reply.get("evalue", "")
         raise KernelStartError(f"{what} failed in the kernel; fix it and retry:\n{traceback}")
+
+
+def _memory_limit_too_small(memory_limit: int, error: KernelStartError) -> str:
+    cause = str(error).strip().splitlines()[-1]  # the kernel's refusal, its death, or the wait
+    return (
+        f"the kernel could not start with memory_limit={memory_limit / 2**20:g} MiB, which is "
+        f"probably too small ({cause}). memory_limit caps virtual memory (RLIMIT_AS), and an "
+        "IPython kernel needs about 768 MiB of it to start: raise it (1 GiB or more) or leave it unset"
+    )

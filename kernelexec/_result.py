@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import humanize
-from nbformat import NotebookNode
 
 from ._errors import ExecutionFailed
 from ._traceback import Frame, plain_traceback
+
+if TYPE_CHECKING:  # nbformat costs ~1.5 s to import: only the annotations need it
+    from nbformat import NotebookNode
 
 Status = Literal["ok", "error", "timeout", "interrupted", "died"]
 

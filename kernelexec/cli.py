@@ -1,4 +1,8 @@
-"""The ``kernelexec`` command line."""
+"""The ``kernelexec`` command line.
+
+Only the parser is built at start-up: each command imports what it runs (sessions, nbformat,
+the MCP SDK) when it runs, so ``kernelexec --help`` and ``--version`` answer at once.
+"""
 
 from __future__ import annotations
 
@@ -7,56 +11,57 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import __version__
+from ._cli_exec import add_exec_command
 from ._cli_run import add_run_command
 from ._errors import KernelexecError
-from ._result import EXIT_STATUS, ExecutionResult
-from ._session import Session
+
+EXIT_STATUSES = """\
+exit status:
+  0    the code ran (every cell, or --allow-errors); the MCP server stopped normally
+  1    the code raised (exec), a cell failed (run)
+  2    kernelexec could not run it: a bad argument or file, an unknown kernel, a kernel that
+       cannot start (the message says why)
+  124  the time limit passed (--timeout)
+  130  interrupted (Ctrl-C, SIGINT)
+  137  the kernel died (killed, out of memory, os._exit)
+  143  kernelexec was terminated (SIGTERM)
+"""
+
+# The library's messages name its parameters; on the command line they are flags.
+_FLAG_FOR_PARAMETER = {"as kernel_name": "with --kernel"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see ``EXIT_STATUSES``)."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except KernelexecError as error:
-        print(f"kernelexec: {error}", file=sys.stderr)
+        print(f"kernelexec: {_with_flags(str(error))}", file=sys.stderr)
         return 2
+
+
+def _with_flags(message: str) -> str:
+    for parameter, flag in _FLAG_FOR_PARAMETER.items():
+        message = message.replace(parameter, flag)
+    return message
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kernelexec", description="Run code in persistent Jupyter-kernel sessions."
+        prog="kernelexec",
+        description="Run code in persistent Jupyter-kernel sessions.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"kernelexec {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run_code = commands.add_parser(
-        "exec",
-        help="run code in a fresh kernel and print its result",
-        description="Run CODE in a fresh kernel and print its output with a footer. Exit status: "
-        "0 ok, 1 error, 124 timeout, 137 kernel died.",
-    )
-    run_code.add_argument("code", metavar="CODE", help="the code to run; - reads it from stdin")
-    run_code.add_argument("--timeout", type=float, default=60.0, metavar="S", help="time limit in seconds (default 60)")
-    run_code.add_argument("--cwd", metavar="DIR", help="the kernel's working directory")
-    run_code.add_argument("--kernel", default="python3", metavar="NAME", help="kernel spec name (default python3)")
-    run_code.set_defaults(handler=_exec)
+    add_exec_command(commands)
     add_run_command(commands)
     _add_mcp_command(commands)
     return parser
-
-
-def _exec(args: argparse.Namespace) -> int:
-    code = sys.stdin.read() if args.code == "-" else args.code
-    with Session(args.kernel, timeout=args.timeout, cwd=args.cwd) as session:
-        result = session.execute(code)
-    _print_result(result)
-    return EXIT_STATUS[result.status]
-
-
-def _print_result(result: ExecutionResult) -> None:
-    sys.stdout.write(str(result))
-    if not str(result).endswith("\n"):
-        sys.stdout.write("\n")
-    sys.stdout.flush()
 
 
 def _add_mcp_command(commands: Any) -> None:

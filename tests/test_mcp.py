@@ -106,6 +106,9 @@ def test_images_come_as_image_content():
     result = with_server(scenario)
     assert [block.type for block in result.content] == ["text", "image"]
     assert "shown" in result.content[0].text
+    # The image is not repeated as its text/plain repr next to it.
+    assert "IPython.core.display.Image object" not in result.content[0].text
+    assert result.content[0].text.startswith("shown\nExecution time:")
     image = result.content[1]
     assert image.mime_type == "image/png"
     assert base64.b64decode(image.data) == base64.b64decode(PNG_1x1)
@@ -256,6 +259,72 @@ def test_export_notebook(tmp_path):
     assert [cell.source for cell in notebook.cells] == ["x = 2", "print(x * 21)"]
     assert notebook.cells[1].outputs[0].text == "42\n"
     assert missing_dir[0] and "its directory does not exist" in missing_dir[1]
+
+
+def test_export_notebook_stays_inside_the_session_directory(tmp_path):
+    root = tmp_path / "root"
+    (root / "inside").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "link-out").symlink_to(outside)  # planted inside, pointing out
+    (root / "file-link.ipynb").symlink_to(outside / "target.ipynb")
+    escapes = [
+        "../escape.ipynb",
+        "inside/../../escape.ipynb",
+        str(outside / "absolute.ipynb"),
+        "~/home.ipynb",
+        "link-out/through-a-dir-link.ipynb",
+        "file-link.ipynb",
+    ]
+
+    async def scenario(client: Client) -> list[tuple[bool, str]]:
+        await execute(client, "nb", "x = 1")
+        answers = []
+        for path in [*escapes, "inside/../ok.ipynb"]:
+            answer = await client.call_tool("export_notebook", {"session": "nb", "path": path})
+            answers.append((answer.is_error, answer.content[0].text))
+        return answers
+
+    *refused, allowed = with_server(scenario, "--root", str(root))
+    for path, (is_error, text) in zip(escapes, refused):
+        assert is_error, (path, text)
+        assert "leads outside the session's directory" in text or "must be relative" in text, text
+    assert sorted(p.name for p in tmp_path.rglob("*.ipynb")) == ["file-link.ipynb", "ok.ipynb"]
+    assert list(outside.iterdir()) == []
+    assert allowed == (False, f"Wrote 1 cell of session 'nb' to {root / 'ok.ipynb'}")
+    assert (root / "ok.ipynb").is_file()
+
+
+def test_export_notebook_with_session_dirs_stays_in_the_sessions_own_directory(tmp_path):
+    async def scenario(client: Client) -> tuple[bool, str]:
+        await execute(client, "a", "1")
+        await execute(client, "b", "2")
+        answer = await client.call_tool("export_notebook", {"session": "a", "path": "../b/a.ipynb"})
+        return answer.is_error, answer.content[0].text
+
+    is_error, text = with_server(scenario, "--root", str(tmp_path), "--session-dirs", "--pool-size", "0")
+    assert is_error and "leads outside the session's directory" in text
+    assert not (tmp_path / "b" / "a.ipynb").exists()
+
+
+def test_a_missing_root_is_reported_on_stderr_where_hosts_log_it(tmp_path):
+    missing = tmp_path / "no-such-dir"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kernelexec", "mcp", "--root", "no-such-dir"], cwd=tmp_path,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
+    )  # fmt: skip
+    try:
+        out, errors = process.communicate(timeout=60)  # a host keeps stdin open: exits anyway
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 2
+    assert out == ""  # nothing that a client would mistake for protocol messages
+    assert errors == (
+        f"kernelexec: the root directory 'no-such-dir' (resolved to {missing}) does not exist or "
+        "is not a directory; create it, or pass an existing one (--root)\n"
+    )
 
 
 def test_kernels_end_with_the_client_connection():

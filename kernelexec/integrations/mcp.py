@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
@@ -129,16 +129,18 @@ class KernelTools:
 
     async def export_notebook(self, session: str, path: str) -> str:
         live = self._existing(session)
-        target = os.path.join(self._session_dir(session), os.path.expanduser(path))
-        if not os.path.isdir(os.path.dirname(target) or "."):
-            raise ToolError(f"cannot write {target!r}: its directory does not exist")
+        directory = self._session_dir(session)
+        target = _path_inside(directory, path)
+        shown = os.path.normpath(os.path.join(directory, path))
+        if not os.path.isdir(os.path.dirname(target)):
+            raise ToolError(f"cannot write {shown!r}: its directory does not exist")
         try:
             notebook = live.notebook
             write_notebook(notebook, target)
         except OSError as error:
-            raise ToolError(f"cannot write {target!r}: {error.strerror}") from None
+            raise ToolError(f"cannot write {shown!r}: {error.strerror}") from None
         cells = len(notebook.cells)
-        return f"Wrote {cells} cell{'s' if cells != 1 else ''} of session {session!r} to {target}"
+        return f"Wrote {cells} cell{'s' if cells != 1 else ''} of session {session!r} to {shown}"
 
     async def _get_or_create(self, session: str) -> AsyncSession:
         _check_name(session)
@@ -267,7 +269,14 @@ def _settings(settings: ServerSettings, changes: dict[str, Any]) -> ServerSettin
     options = {**settings.session_options, **own.pop("session_options", {}), **extra}
     settings = ServerSettings(**{**vars(settings), **own, "session_options": options})
     if not os.path.isdir(settings.root):
-        raise KernelexecError(f"the root directory {settings.root!r} does not exist; create it first")
+        # An MCP host shows the client only "Connection closed"; the CLI prints this on stderr,
+        # which hosts log. A relative root is resolved against the directory the host started
+        # the server in, which is often not the one the user thinks of.
+        where = "" if os.path.isabs(settings.root) else f" (resolved to {os.path.abspath(settings.root)})"
+        raise KernelexecError(
+            f"the root directory {settings.root!r}{where} does not exist or is not a directory; "
+            "create it, or pass an existing one (--root)"
+        )
     return settings
 
 
@@ -276,6 +285,27 @@ def _manager_session_options(settings: ServerSettings) -> dict[str, Any]:
     options.setdefault("timeout", settings.timeout)
     options.setdefault("cwd", os.path.abspath(settings.root))
     return options
+
+
+def _path_inside(directory: str, path: str) -> str:
+    """``path`` (relative) resolved inside ``directory``, symlinks followed; a ``ToolError`` when
+    it is absolute or leads out (``..``, or a symlink anywhere on the way pointing outside).
+
+    This confines the tool's argument only: code running in a session can write anywhere its
+    user can (kernelexec is not a sandbox).
+    """
+    if os.path.isabs(path) or path.startswith("~"):
+        raise ToolError(
+            f"path must be relative to the session's directory ({directory}), not {path!r}"
+        )
+    base = os.path.realpath(directory)
+    target = os.path.realpath(os.path.join(base, path))
+    if os.path.commonpath([base, target]) != base:
+        raise ToolError(
+            f"path {path!r} leads outside the session's directory ({directory}), to {target}; "
+            "give a path inside it"
+        )
+    return target
 
 
 def _check_name(session: str) -> None:
@@ -295,14 +325,28 @@ async def _call(awaitable: Any) -> Any:
 
 
 def _content(result: ExecutionResult) -> list[TextContent | ImageContent]:
-    content: list[TextContent | ImageContent] = [TextContent(type="text", text=str(result))]
-    for bundle in result.displays:
-        for mime in _IMAGE_TYPES:
-            data = bundle.get(mime)
-            if isinstance(data, str):
-                content.append(ImageContent(type="image", data="".join(data.split()), mime_type=mime))
-                break
-    return content
+    """The result's text, then its images. An output sent as an image is left out of the text,
+    which would only repeat its ``text/plain`` (``<IPython.core.display.Image object>``)."""
+    images: list[ImageContent] = []
+    as_text = []
+    for output in result.outputs:
+        image = _image(output)
+        if image is None:
+            as_text.append(output)
+        else:
+            images.append(image)
+    text = str(replace(result, outputs=as_text)) if images else str(result)
+    return [TextContent(type="text", text=text), *images]
+
+
+def _image(output: Any) -> ImageContent | None:
+    if output.output_type not in ("display_data", "execute_result"):
+        return None
+    for mime in _IMAGE_TYPES:
+        data = output.get("data", {}).get(mime)
+        if isinstance(data, str):
+            return ImageContent(type="image", data="".join(data.split()), mime_type=mime)
+    return None
 
 
 __all__ = ["INSTRUCTIONS", "KernelTools", "ServerSettings", "create_server", "serve"]
