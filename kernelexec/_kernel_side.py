@@ -198,11 +198,14 @@ def _take_over_writes(shell, streams, max_chars):
       client's pace.
     """
     forwarders = []
+    order = _SendOrder.for_streams(streams)
     for stream in streams:
         pacer = _Pacer.for_stream(stream, max_chars)
         forwarder = _FdForwarder.take_over(stream, pacer)
         stream.__dict__.pop("write", None)
-        stream.__class__ = _stream_class(type(stream), forwarder, pacer)
+        stream.__class__ = _stream_class(type(stream), forwarder, pacer, order)
+        if order is not None:
+            order.adopt(stream)
         if forwarder is not None:
             forwarder.start()
             forwarders.append(forwarder)
@@ -210,8 +213,9 @@ def _take_over_writes(shell, streams, max_chars):
         shell.events.register("post_execute", lambda *_: [forwarder.drain() for forwarder in forwarders])
 
 
-def _stream_class(base, forwarder, pacer):
-    """``base`` with a ``write`` that drains the descriptor's pipe first and paces after.
+def _stream_class(base, forwarder, pacer, order=None):
+    """``base`` with a ``write`` that drains the descriptor's pipe first and paces after, and
+    buffers sent in the order ``order`` keeps.
 
     ``write`` is a property so that it also wraps whatever is assigned to the instance's
     ``write``: IPython 9 replaces it with a recording wrapper around every cell, then puts the
@@ -256,8 +260,89 @@ def _stream_class(base, forwarder, pacer):
     def reset_write(self):
         self.__dict__.pop("_kernelexec_write", None)
 
-    write = property(get_write, set_write, reset_write)
-    return type("KernelexecStream", (base,), {"write": write, "__module__": __name__})
+    namespace = {"write": property(get_write, set_write, reset_write), "__module__": __name__}
+    if order is not None:
+
+        def _flush_buffers(self):
+            order.send_older_than(self)
+            return base._flush_buffers(self)
+
+        def _rotate_buffers(self):
+            with self._buffer_lock:
+                old_buffers = self._buffers
+                self._buffers = order.new_buffers(self)
+            return old_buffers
+
+        namespace.update(_flush_buffers=_flush_buffers, _rotate_buffers=_rotate_buffers)
+    return type("KernelexecStream", (base,), namespace)
+
+
+class _SendOrder(object):
+    """Sends the streams' buffers in the order their text was written.
+
+    ipykernel buffers each stream apart and sends a buffer at an explicit flush or on a timer of
+    its own, 0.2 s after its first write. The timers are never cancelled: one set before a flush
+    (the end of a cell, a traceback, a display) fires later, in the middle of the next cell's
+    output, and sends that stream's newer text ahead of the other stream's older text. (Right
+    after a cell or a ``kernel_info_request`` that wrote to stderr, a cell that prints, writes to
+    stderr and raises had its stderr first.) Here a stream about to send its buffer first has the
+    other stream send its own when it holds older text, whatever started the send. Text written
+    between two sends stays grouped by stream, as ipykernel sends it.
+    """
+
+    @classmethod
+    def for_streams(cls, streams):
+        for stream in streams:
+            if not (
+                isinstance(getattr(stream, "_buffers", None), dict)
+                and hasattr(stream, "_buffer_lock")
+                and hasattr(stream, "_flush_buffers")
+                and hasattr(stream, "_rotate_buffers")
+            ):
+                return None  # another ipykernel: its own order
+        return cls(streams)
+
+    def __init__(self, streams):
+        import itertools
+
+        self._streams = list(streams)
+        self._stamp = itertools.count().__next__  # atomic under the GIL
+        self._oldest = {}  # id(stream) -> stamp of its oldest unsent text, None when there is none
+
+    def new_buffers(self, stream):
+        """Empty buffers for ``stream`` (called under its buffer lock) that stamp their first text."""
+        from collections import defaultdict
+        from io import StringIO
+
+        key = id(stream)
+        oldest = self._oldest
+        oldest[key] = None
+
+        def first_text_since_sent():  # called by ipykernel's write, under the buffer lock
+            if oldest[key] is None:
+                oldest[key] = self._stamp()
+            return StringIO()
+
+        return defaultdict(first_text_since_sent)
+
+    def adopt(self, stream):
+        """Put ``stream``'s text not sent yet in stamped buffers."""
+        with stream._buffer_lock:
+            buffers = self.new_buffers(stream)
+            for parent, buffer in stream._buffers.items():
+                if buffer.tell():
+                    buffers[parent].write(buffer.getvalue())
+            stream._buffers = buffers
+
+    def send_older_than(self, stream):
+        """Before ``stream`` sends its buffer, have the streams holding older text send theirs."""
+        mine = self._oldest.get(id(stream))
+        if mine is None:
+            return
+        for other in self._streams:
+            theirs = self._oldest.get(id(other))
+            if other is not stream and theirs is not None and theirs < mine:
+                other._flush()  # on the thread sending ours, as ipykernel's _flush expects
 
 
 class _Pacer(object):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -171,9 +172,8 @@ class ExecutionResult:
         if self.truncated_bytes:
             where = f"; the full output is in {self.output_path}" if self.output_path else ""
             lines.append(f"Output truncated: {self.truncated_bytes:,} bytes not shown{where}.")
-        lines.append(
-            f"Execution time: {humanize.naturaldelta(self.exec_time)} (time limit is {limit})."
-        )
+        bound = "no time limit" if math.isinf(self.time_limit) else f"time limit is {limit}"
+        lines.append(f"Execution time: {humanize.naturaldelta(self.exec_time)} ({bound}).")
         return lines
 
 

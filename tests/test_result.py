@@ -23,6 +23,7 @@ def test_footer_gives_humanized_time_and_limit():
     r = result(outputs=[stream("hi\n")])
     assert str(r) == "hi\nExecution time: 2 seconds (time limit is a minute)."
     assert r.summary() == str(r)
+    assert str(result(time_limit=float("inf"))) == "Execution time: 2 seconds (no time limit)."
 
 
 def test_timeout_footer_names_the_limit_and_the_kernel_fate():

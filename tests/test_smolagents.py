@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import math
+import os
+import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +15,7 @@ smolagents = pytest.importorskip("smolagents")
 
 from rich.console import Console  # noqa: E402  (smolagents depends on rich)
 from smolagents import ActionStep, ChatMessage, CodeAgent, Model, tool  # noqa: E402
+from smolagents.local_python_executor import LocalPythonExecutor  # noqa: E402
 from smolagents.models import MessageRole  # noqa: E402
 from smolagents.monitoring import AgentLogger, LogLevel  # noqa: E402
 from smolagents.utils import AgentError  # noqa: E402
@@ -140,3 +145,91 @@ def test_missing_packages_are_reported_not_installed():
     log = console.file.getvalue()
     assert "Not installed in the kernel's environment: kernelexec_no_such_package " in log
     assert "json" not in log.split("Not installed")[1].split("(")[0]
+
+
+def run_agent(executor, replies: list[str], max_steps: int = 4) -> tuple[object, list[ActionStep], ScriptedModel]:
+    model = ScriptedModel(replies)
+    with CodeAgent(tools=[double], model=model, executor=executor, max_steps=max_steps, verbosity_level=0) as agent:
+        answer = agent.run("compute", additional_args={"base": 20})
+        steps = [step for step in agent.memory.steps if isinstance(step, ActionStep)]
+    return answer, steps, model
+
+
+RESET_NOTE = "The tools and the variables given to the agent are defined again"
+
+
+def test_after_the_kernel_dies_the_next_step_has_the_tools_and_variables_again():
+    replies = [
+        code("crash", "import os\nos._exit(1)"),
+        code("finish", "final_answer(double(base) + 2)"),
+    ]  # fmt: skip
+    answer, steps, model = run_agent(KernelExecutor(timeout=10), replies)
+    assert answer == 42  # not the model's raw text after max_steps
+    assert [step.error is None for step in steps] == [False, True]
+    died = str(steps[0].error)
+    assert "exited with code 1" in died and "state is lost" in died and RESET_NOTE in died
+    assert RESET_NOTE in model.prompts[1]  # the model was told before its next step
+    # smolagents' own executor on the same steps: it refuses `import os`, then finishes the same way
+    local_answer, local_steps, _ = run_agent(LocalPythonExecutor([]), replies)
+    assert local_answer == answer
+    assert [step.error is None for step in local_steps] == [False, True]
+
+
+@pytest.mark.timeout(120)
+def test_after_the_timeout_ladder_restarts_the_kernel_the_tools_are_back():
+    replies = [
+        code("hang", "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"),
+        code("finish", "final_answer(double(base))"),
+    ]  # fmt: skip
+    answer, steps, _ = run_agent(KernelExecutor(timeout=1, interrupt_grace=1), replies)
+    assert answer == 40
+    restarted = str(steps[0].error)
+    assert "TimeoutError" in restarted and "was restarted" in restarted and RESET_NOTE in restarted
+
+
+def test_a_kernel_restarted_between_steps_is_set_up_before_the_next(executor):
+    executor.send_variables({"base": 4})
+    executor.send_tools({"double": double})
+    executor.session.restart()
+    result = executor("double(base)")
+    assert result.output == "8"
+    assert RESET_NOTE in result.logs
+
+
+def test_a_kernel_killed_between_steps_is_replaced_and_set_up_before_the_next(executor):
+    executor.send_variables({"base": 4})
+    executor.send_tools({"double": double})
+    pid = int(executor("import os\nos.getpid()").output)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while executor.session.is_alive and time.monotonic() < deadline:  # the session learns it
+        time.sleep(0.01)
+    result = executor("double(base)")
+    assert result.output == "8"
+    assert RESET_NOTE in result.logs
+
+
+def test_a_second_run_of_the_same_agent_still_finds_final_answer():
+    """CodeAgent sends its tools again at every run; smolagents' patch of final_answer, applied
+    twice to the same tool, made it fail with a NameError in the kernel."""
+    for executor in (KernelExecutor(timeout=10), LocalPythonExecutor([])):
+        model = ScriptedModel([code("one", "final_answer(1)"), code("two", "final_answer(2)")])
+        with CodeAgent(tools=[], model=model, executor=executor, max_steps=2, verbosity_level=0) as agent:
+            assert agent.run("first") == 1
+            assert agent.run("second", reset=False) == 2, type(executor).__name__
+
+
+def test_timeout_none_means_no_time_limit_as_for_the_local_executor():
+    local = LocalPythonExecutor([], timeout_seconds=None)
+    local.send_tools({})
+    executor = KernelExecutor(timeout=None)
+    try:
+        assert executor.session.execute("1").time_limit == math.inf
+        assert executor("import time\ntime.sleep(0.1)\n2").output == "2" == str(local("2").output)
+    finally:
+        executor.cleanup()
+
+
+def test_timeout_must_be_none_or_a_positive_number():
+    with pytest.raises(kx.KernelexecError, match="timeout must be a positive number"):
+        KernelExecutor(timeout=0)

@@ -33,12 +33,17 @@ from .._errors import InvalidArgument
 from .._manager import SessionManager
 from .._result import ExecutionResult as KernelResult
 from .._session import Session
+from .._traceback import plain_traceback
 
 # Effectively no limit, for AIDE's ``timeout=None``: kernelexec always needs a number.
 _NO_LIMIT_SECONDS = 10 * 365 * 24 * 3600.0
 _SESSION_ID = "aide"
 _RUNNER = "__kernelexec_aide_run__"
 _CARRIER = "KernelexecAideScriptFailed"
+_LOST_AFTER_TIMEOUT = (
+    "The kernel was restarted after the previous script ignored its interrupt: the state of "
+    "earlier scripts is lost.\n"
+)
 
 # Runs (silently) in every kernel the interpreter gets. It defines one function in the kernel's
 # namespace; the agent's scripts run in a separate globals dict, as AIDE's ``exec`` does, so they
@@ -49,12 +54,14 @@ _CARRIER = "KernelexecAideScriptFailed"
 _KERNEL_CODE = r'''
 def _kernelexec_aide_setup(working_dir, file_name, format_tb_ipython, mute_warnings):
     import builtins, json, os, sys, traceback, warnings
+    from IPython import get_ipython
 
     if mute_warnings:
         warnings.filterwarnings("ignore")
     if working_dir not in sys.path:
         sys.path.append(working_dir)
     scope = {"__name__": "__main__", "__file__": file_name, "__builtins__": builtins}
+    script_builtins = _script_builtins(get_ipython())
 
     class KernelexecAideScriptFailed(Exception):
         def __init__(self, summary, text):
@@ -71,10 +78,12 @@ def _kernelexec_aide_setup(working_dir, file_name, format_tb_ipython, mute_warni
                 formatter = ultratb.VerboseTB(color_scheme="NoColor")
             except TypeError:  # IPython 9 replaced colour schemes with themes
                 formatter = ultratb.VerboseTB(theme_name="nocolor")
-            text = formatter.text(type(error), error, script_tb)
+            text = str(formatter.text(type(error), error, script_tb))
         else:
             text = "".join(traceback.format_exception(type(error), error, script_tb))
-        return str(text).replace(os.path.join(working_dir, file_name), file_name)
+            if script_tb is None:  # AIDE's traceback always has its runner's frame, then left out
+                text = "Traceback (most recent call last):\n" + text
+        return text.replace(os.path.join(working_dir, file_name), file_name)
 
     def summarise(error):
         script_tb = error.__traceback__.tb_next  # leave out this runner's own frame
@@ -86,16 +95,39 @@ def _kernelexec_aide_setup(working_dir, file_name, format_tb_ipython, mute_warni
         summary = {"exc_type": type(error).__name__, "exc_info": info, "exc_stack": stack}
         return summary, format_traceback(error, script_tb)
 
+    def as_in_aides_process():
+        # What a script sees in AIDE's child process: site's exit() and quit() (IPython hides
+        # them while a cell runs), an empty stdin, so input() raises EOFError, and stderr
+        # written where stdout is, in one stream, in the order of the writes.
+        saved = {name: builtins.__dict__.get(name, scope) for name in script_builtins}
+        streams = sys.stdin, sys.stderr
+        stdin = open(os.devnull)
+        sys.stdin, sys.stderr = stdin, sys.stdout
+        builtins.__dict__.update(script_builtins)
+
+        def restore():
+            sys.stdin, sys.stderr = streams
+            for name, value in saved.items():
+                if value is scope:
+                    builtins.__dict__.pop(name, None)
+                else:
+                    builtins.__dict__[name] = value
+            stdin.close()
+
+        return restore
+
     def run(code):
         os.chdir(working_dir)
         with open(file_name, "w") as script:
             script.write(code)
         failure = None
+        restore = as_in_aides_process()
         try:
             exec(compile(code, file_name, "exec"), scope)
         except BaseException as error:
             failure = KernelexecAideScriptFailed(*summarise(error))
         finally:
+            restore()
             try:
                 os.remove(os.path.join(working_dir, file_name))
             except OSError:
@@ -105,6 +137,25 @@ def _kernelexec_aide_setup(working_dir, file_name, format_tb_ipython, mute_warni
             raise failure from None
 
     return run
+
+
+def _script_builtins(shell):
+    import os
+
+    found = {}
+    try:
+        import _sitebuiltins
+    except ImportError:
+        pass
+    else:
+        eof = "Ctrl-Z plus Return" if os.sep == "\\" else "Ctrl-D (i.e. EOF)"
+        found.update((name, _sitebuiltins.Quitter(name, eof)) for name in ("exit", "quit"))
+    # While a cell runs, builtins.input is ipykernel's (StdinNotImplementedError without a
+    # front end's stdin); Python's own, which reads sys.stdin, is kept on the kernel.
+    plain_input = getattr(getattr(shell, "kernel", None), "_sys_raw_input", None)
+    if type(plain_input) is type(len):
+        found["input"] = plain_input
+    return found
 '''
 
 
@@ -161,7 +212,7 @@ class Interpreter:
             _KERNEL_CODE
             + f"{_RUNNER} = _kernelexec_aide_setup({str(self.working_dir)!r}, {agent_file_name!r}, "
             f"{bool(format_tb_ipython)!r}, {bool(mute_warnings)!r})\n"
-            "del _kernelexec_aide_setup\n"
+            "del _kernelexec_aide_setup, _script_builtins\n"
         )
         self._manager_options: dict[str, Any] = dict(
             session_options,
@@ -176,6 +227,8 @@ class Interpreter:
         self._manager: SessionManager | None = None
         self._session: Session | None = None
         self._fresh = False  # the session's kernel has run no script yet
+        # A timeout restarted the kernel; AIDE's result for it says nothing of state.
+        self._restarted_silently = False
 
     def __enter__(self) -> Interpreter:
         return self
@@ -189,14 +242,18 @@ class Interpreter:
         With ``reset_session=True`` (AIDE's default) the script starts from a fresh kernel; with
         ``False`` it continues in the previous script's globals (a fresh kernel on first use).
         A script past the time limit is interrupted: ``exc_type`` is ``"TimeoutError"``, and the
-        kernel keeps its state unless it had to be restarted because the interrupt went unanswered.
+        kernel keeps its state unless it had to be restarted because the interrupt went unanswered
+        (the next ``reset_session=False`` run's ``term_out`` then starts by saying so).
         """
         session = self._current_session()
         if reset_session and not self._fresh:
             session.restart()
-        self._fresh = False
-        result = session.execute(f"{_RUNNER}({code!r})")
-        return self._aide_result(result)
+        told = not reset_session and self._restarted_silently
+        self._fresh = self._restarted_silently = False
+        result = self._aide_result(session.execute(f"{_RUNNER}({code!r})"))
+        if told:
+            result.term_out.insert(0, _LOST_AFTER_TIMEOUT)
+        return result
 
     def cleanup_session(self) -> None:
         """Stop the kernel (and the pre-started ones); the next ``run`` starts afresh."""
@@ -214,23 +271,20 @@ class Interpreter:
     def _aide_result(self, result: KernelResult) -> ExecutionResult:
         term_out = [output.text for output in result.outputs if output.output_type == "stream"]
         exc_type = exc_info = exc_stack = None
-        error = result.error
-        if error is not None:
-            summary = _summary(error.evalue) if error.ename == _CARRIER else None
-            if summary is not None:
-                exc_type, exc_info = summary["exc_type"], summary["exc_info"]
-                exc_stack = [tuple(frame) for frame in summary["exc_stack"]]
-            elif result.status != "timeout":
-                exc_type, exc_info, exc_stack = error.ename, dict(error.exc_info), result.exc_stack
-            text = error.text
-            term_out.append(text if text.endswith("\n") else text + "\n")
+        failure = _script_failure(result)
+        if failure is not None:  # the script raised (on timeout: where it was interrupted)
+            summary, text = failure
+            exc_type, exc_info = summary["exc_type"], summary["exc_info"]
+            exc_stack = [tuple(frame) for frame in summary["exc_stack"]]
+            term_out.append(text)
+        elif result.error is not None and result.status != "timeout":
+            error = result.error
+            exc_type, exc_info, exc_stack = error.ename, dict(error.exc_info), result.exc_stack
+            term_out.append(error.text if error.text.endswith("\n") else error.text + "\n")
         if result.status == "timeout":
+            # Not stopped by the interrupt, AIDE's child is killed: no exception, no frames.
             exc_type, exc_info, exc_stack = "TimeoutError", exc_info or {}, exc_stack or []
-            if result.restarted:
-                term_out.append(
-                    "The script did not stop when interrupted, so its kernel was restarted: "
-                    "its state is lost.\n"
-                )
+            self._restarted_silently = result.restarted
             term_out.append(f"TimeoutError: Execution exceeded the time limit of {self._limit()}")
         else:
             if result.restarted:
@@ -247,12 +301,20 @@ class Interpreter:
         return humanize.naturaldelta(self.timeout) if self.timeout is not None else "none"
 
 
-def _summary(evalue: str) -> dict[str, Any] | None:
-    try:
-        summary = json.loads(evalue)
-    except ValueError:
-        return None
-    return summary if isinstance(summary, dict) and "exc_type" in summary else None
+def _script_failure(result: KernelResult) -> tuple[dict[str, Any], str] | None:
+    """The summary and traceback text of the script's exception, from the error output the
+    kernel sent (a timeout's result keeps the output, but its error is the TimeoutError)."""
+    for output in result.outputs:
+        if output.output_type == "error" and output.ename == _CARRIER:
+            try:
+                summary = json.loads(output.evalue)
+            except ValueError:
+                return None
+            if not (isinstance(summary, dict) and "exc_type" in summary):
+                return None
+            text = plain_traceback(output.traceback)
+            return summary, text if text.endswith("\n") else text + "\n"
+    return None
 
 
 __all__ = ["ExecutionResult", "Interpreter"]

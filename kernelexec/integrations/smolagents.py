@@ -14,14 +14,19 @@ gone. Requires the ``smolagents`` extra (``pip install 'kernelexec[smolagents]'`
 Like the other remote executors it inherits ``send_variables`` (values travel as JSON, or as
 pickles with ``allow_pickle=True``), ``send_tools`` (tool classes are re-created from their
 source in the kernel) and the detection of ``final_answer``, which is patched to raise an
-exception carrying the answer.
+exception carrying the answer. Unlike them it keeps what was sent: every new kernel (after a
+death, a restart by the timeout ladder, or ``session.restart()``) gets the tools and variables
+again before the next step, and the model is told the rest of its state is gone.
 """
 
 from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import io
+import math
+from collections.abc import Iterator
 from typing import Any
 
 from smolagents.local_python_executor import CodeOutput
@@ -38,6 +43,10 @@ except ImportError:  # pragma: no cover - older smolagents
     _DEFAULT_TIMEOUT = 30
 
 _IMAGE_TYPES = ("image/png", "image/jpeg")
+RESET_NOTE = (
+    "The kernel was restarted: variables, imports and functions from earlier steps are gone. "
+    "The tools and the variables given to the agent are defined again."
+)
 
 
 class KernelExecutor(RemotePythonExecutor):
@@ -49,7 +58,8 @@ class KernelExecutor(RemotePythonExecutor):
     missing from the kernel's environment are reported, and installed with ``%pip`` only when
     ``install_missing=True``. ``session`` reuses a running session, which ``cleanup()`` then
     leaves running; otherwise the executor starts its own with ``timeout`` (seconds per code
-    action) and any other ``kernelexec.Session`` option.
+    action; ``None`` for no limit, as ``LocalPythonExecutor(timeout_seconds=None)``) and any
+    other ``kernelexec.Session`` option.
     """
 
     def __init__(
@@ -60,7 +70,7 @@ class KernelExecutor(RemotePythonExecutor):
         *,
         session: Session | None = None,
         install_missing: bool = False,
-        timeout: float = _DEFAULT_TIMEOUT,
+        timeout: float | None = _DEFAULT_TIMEOUT,
         **session_options: Any,
     ) -> None:
         super().__init__(
@@ -68,9 +78,15 @@ class KernelExecutor(RemotePythonExecutor):
         )
         self.install_missing = install_missing
         self._owns_session = session is None
-        self.session = session if session is not None else Session(timeout=timeout, **session_options)
+        self._tools: dict[str, Any] = {}  # what every new kernel gets before the next step
+        self._variables: dict[str, Any] = {}
+        self._setting_up = False
+        if session is None:
+            session = Session(timeout=math.inf if timeout is None else timeout, **session_options)
+        self.session = session
         try:
             self.session.start()
+            self._set_up_kernel = self.session.kernel_id
             self.installed_packages = self.install_packages(self.additional_imports)
         except BaseException:
             self.cleanup()
@@ -82,10 +98,15 @@ class KernelExecutor(RemotePythonExecutor):
 
         Raises ``AgentError`` (which the agent shows the model) when the code raised, ran past
         the time limit or killed its kernel; the message has the output, the traceback and
-        what became of the kernel's state.
+        what became of the kernel's state. A new kernel, found before the code runs or left by
+        it, gets the tools and variables again; the logs or the error say so.
         """
+        reset = not self._setting_up and self._set_up_new_kernel()
         result = self.session.execute(code)
-        logs = "".join(
+        if not self._setting_up and self._set_up_new_kernel():
+            reset = True
+        note = f"{RESET_NOTE}\n" if reset else ""
+        logs = note + "".join(
             output.text for output in result.outputs if output.output_type == "stream"
         )
         error = result.error
@@ -93,8 +114,55 @@ class KernelExecutor(RemotePythonExecutor):
             answer = self._deserialize_final_answer(error.evalue, self.allow_pickle)
             return CodeOutput(output=answer, logs=logs, is_final_answer=True)
         if not result.ok:
-            raise AgentError(f"Executing code yielded an error:\n{result.summary()}", self.logger)
+            message = f"Executing code yielded an error:\n{result.summary()}\n{note}"
+            raise AgentError(message.rstrip("\n"), self.logger)
         return CodeOutput(output=_output_value(result), logs=logs, is_final_answer=False)
+
+    def _set_up_new_kernel(self) -> bool:
+        """If the session's kernel is not the one set up last, send it the tools and variables;
+        a kernel found dead is replaced first. True when the kernel was a new one."""
+        if not self.session.is_alive and not self.session.closed:
+            self.session.restart()  # else the next step would only learn that the kernel died
+        if self.session.kernel_id == self._set_up_kernel:
+            return False
+        self._set_up_kernel = self.session.kernel_id
+        with self._sending():
+            if self._variables:
+                super().send_variables(self._variables)
+            if self._tools:
+                super().send_tools(self._tools)
+        return True
+
+    def send_variables(self, variables: dict[str, Any]) -> None:
+        """Define ``variables`` in the kernel, and in every kernel that replaces it."""
+        self._set_up_new_kernel()
+        self._variables.update(variables)
+        with self._sending():
+            super().send_variables(variables)
+
+    def send_tools(self, tools: dict[str, Any]) -> None:
+        """Define ``tools`` in the kernel, and in every kernel that replaces it."""
+        self._set_up_new_kernel()
+        self._tools.update(tools)
+        with self._sending():
+            super().send_tools(tools)
+
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[None]:
+        """Setup code runs as it is: no setting up of new kernels from inside it."""
+        self._setting_up = True
+        try:
+            yield
+        finally:
+            self._setting_up = False
+
+    def _patch_final_answer_with_exception(self, final_answer_tool: Any) -> None:
+        # smolagents patches the tool instance in place, and a second patch (CodeAgent sends its
+        # tools at every run) breaks it: the patched forward's source is read back without the
+        # value it closes over, and final_answer fails in the kernel with a NameError.
+        if "_forward" in vars(type(final_answer_tool)):
+            return
+        super()._patch_final_answer_with_exception(final_answer_tool)
 
     def install_packages(self, additional_imports: list[str]) -> list[str]:
         """Find which of these packages the kernel cannot import; ``%pip install`` them only when
