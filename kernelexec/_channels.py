@@ -154,6 +154,10 @@ class ZmqChannels:
         if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._wake()
 
+    def wake(self) -> None:
+        """Wake everyone waiting, to look again (news from elsewhere: an exit status)."""
+        self._wake()
+
     def _wake(self) -> None:
         for waiter in self._waiters:
             _resolve(waiter)

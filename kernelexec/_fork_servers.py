@@ -1,0 +1,254 @@
+"""Fork servers, seen from the client: the template per interpreter, and the protocol.
+
+A fork server (``_fork_server``, shipped source) is a process blocked on a Unix socket whose fork
+children become kernels. Two kinds serve the same protocol: a *template* (a fresh interpreter
+with IPython and ipykernel imported, no threads, no ZMQ context: its children become fresh
+kernels) and a *checkpoint* (a frozen copy of a live kernel: its children are copies of that
+kernel's state). ``ForkServer`` is one connection to either; ``Template`` owns a template
+process, shared by the sessions of one event loop that launch with the same interpreter, and
+shut down with the last of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from jupyter_core.paths import jupyter_runtime_dir
+
+from . import _fork_server, _fork_side
+from ._env import MINIMAL_BASE
+from ._errors import KernelStartError
+from ._watchdog import OwnerDeathWatchdog
+
+FORK_SOURCE = inspect.getsource(_fork_server) + "\n" + inspect.getsource(_fork_side)
+# How long a template may take to import IPython and listen (it is a kernel start, less the kernel).
+TEMPLATE_START_SECONDS = 60.0
+# A server that does not answer a request within this long is treated as gone.
+REQUEST_SECONDS = 30.0
+# Environment variables that change how an interpreter starts (sys.path, hash seed, ...).
+_INTERPRETER_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "PYTHONUSERBASE")
+
+
+def runtime_path(prefix: str, suffix: str = "") -> str:
+    """A new path in Jupyter's runtime directory (private to the user), short enough for a socket."""
+    runtime_dir = jupyter_runtime_dir()
+    os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+    return os.path.join(runtime_dir, f"{prefix}{uuid.uuid4().hex[:12]}{suffix}")
+
+
+class ForkServer:
+    """One connection to a fork server: requests by id, and the exit statuses it reports."""
+
+    def __init__(self, path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.path = path
+        self._reader, self._writer = reader, writer
+        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._exits: dict[int, int] = {}
+        self._exit_listeners: list[Callable[[int, int], None]] = []
+        self._reading = asyncio.ensure_future(self._read_forever())
+        self.pid: int | None = None
+
+    @classmethod
+    async def connect(cls, path: str, timeout: float) -> ForkServer:
+        """Connect to the server at ``path``, retrying until it listens or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.005)
+        server = cls(path, reader, writer)
+        server.pid = (await server.request({"op": "ping"}, timeout))["pid"]
+        return server
+
+    @property
+    def connected(self) -> bool:
+        return not self._reading.done()
+
+    def on_exit(self, listener: Callable[[int, int], None]) -> None:
+        """Call ``listener(pid, returncode)`` for every process the server reaps from now on."""
+        self._exit_listeners.append(listener)
+
+    def returncode(self, pid: int) -> int | None:
+        return self._exits.get(pid)
+
+    async def request(self, request: dict[str, Any], timeout: float = REQUEST_SECONDS) -> dict[str, Any]:
+        request = {**request, "id": request.get("id") or uuid.uuid4().hex}
+        reply = asyncio.get_running_loop().create_future()
+        self._replies[request["id"]] = reply
+        try:
+            self._writer.write(json.dumps(request).encode() + b"\n")
+            await self._writer.drain()
+            return await asyncio.wait_for(asyncio.shield(reply), timeout)
+        except (OSError, asyncio.TimeoutError) as error:
+            raise ConnectionError(f"the fork server at {self.path} did not answer: {error!r}") from None
+        finally:
+            self._replies.pop(request["id"], None)
+
+    async def fork(self, request: dict[str, Any]) -> int:
+        """Ask for a kernel (see ``_fork_server``); its pid. Raises ``KernelStartError``."""
+        try:
+            reply = await self.request({"op": "fork", **request})
+        except ConnectionError as error:
+            raise KernelStartError(f"could not fork a kernel: {error}") from None
+        if not reply.get("ok"):
+            raise KernelStartError(f"could not fork a kernel: {reply.get('error')}")
+        return int(reply["pid"])
+
+    async def close(self, *, stop_server: bool) -> None:
+        """Close the connection; ``stop_server`` asks the server to exit first."""
+        if stop_server and self.connected:
+            with contextlib.suppress(ConnectionError):
+                await self.request({"op": "close"}, timeout=5)
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+        self._reading.cancel()
+        await asyncio.gather(self._reading, return_exceptions=True)
+        for reply in self._replies.values():
+            reply.cancel()
+
+    async def _read_forever(self) -> None:
+        while True:
+            line = await self._reader.readline()
+            if not line:
+                break
+            message = json.loads(line)
+            if message.get("event") == "exited":
+                self._exited(int(message["pid"]), int(message["returncode"]))
+                continue
+            reply = self._replies.get(message.get("id") or "")
+            if reply is None and message.get("id") is None and self._replies:
+                reply = next(iter(self._replies.values()))  # ping and close replies carry no id
+            if reply is not None and not reply.done():
+                reply.set_result(message)
+        for reply in self._replies.values():
+            if not reply.done():
+                reply.set_exception(ConnectionError("the fork server closed the connection"))
+
+    def _exited(self, pid: int, returncode: int) -> None:
+        self._exits[pid] = returncode
+        for listener in list(self._exit_listeners):
+            listener(pid, returncode)
+
+
+class Template:
+    """A template process for one interpreter, shared by the sessions of one event loop.
+
+    Started on first use, contained like a kernel (its own process group, an owner-death
+    watchdog: it goes with us even on SIGKILL), re-made when it has died, and stopped when the
+    last session or pool holding it lets go.
+    """
+
+    _by_loop: dict[int, dict[tuple[Any, ...], Template]] = {}
+
+    def __init__(self, key: tuple[Any, ...], process: subprocess.Popen[bytes], server: ForkServer,
+                 watchdog: OwnerDeathWatchdog | None, log_file: Any) -> None:  # fmt: skip
+        self.key = key
+        self.server = server
+        self._process = process
+        self._watchdog = watchdog
+        self._log_file = log_file
+        self._holders = 0
+
+    @classmethod
+    async def acquire(cls, argv0: str, env: dict[str, str], timeout: float) -> Template:
+        """The template for ``argv0`` with ``env``'s interpreter variables, held until ``release``."""
+        key = (argv0, tuple(sorted((name, env[name]) for name in _INTERPRETER_VARS if name in env)))
+        templates = cls._by_loop.setdefault(id(asyncio.get_running_loop()), {})
+        template = templates.get(key)
+        if template is not None and not template.alive:
+            await template._stop()
+            template = None
+        if template is None:
+            template = templates[key] = await cls._start(key, env, timeout)
+        template._holders += 1
+        return template
+
+    async def release(self) -> None:
+        self._holders -= 1
+        if self._holders > 0:
+            return
+        templates = self._by_loop.get(id(asyncio.get_running_loop()), {})
+        if templates.get(self.key) is self:
+            del templates[self.key]
+        await self._stop()
+
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None and self.server.connected
+
+    @classmethod
+    async def _start(cls, key: tuple[Any, ...], env: dict[str, str], timeout: float) -> Template:
+        argv0 = key[0]
+        path = runtime_path("kx-tpl-", ".sock")
+        # The template holds no secrets: its environment is the minimal base (each kernel gets
+        # its own, whole, at fork time) plus what changes how the interpreter starts.
+        template_env = {name: env[name] for name in (*MINIMAL_BASE, *_INTERPRETER_VARS) if name in env}
+        log_file = tempfile.TemporaryFile(prefix="kernelexec-template-")
+        command = [argv0, "-c", f"{FORK_SOURCE}\nserve_template({path!r})"]
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=template_env,
+                start_new_session=True,  # a Ctrl-C aimed at us must not reach it
+            )  # fmt: skip
+        except OSError as error:
+            log_file.close()
+            raise KernelStartError(f"could not start a fork template with {argv0}: {error}") from None
+        watchdog = OwnerDeathWatchdog.start(process.pid, [path], None)
+        try:
+            server = await ForkServer.connect(path, timeout)
+        except (OSError, ConnectionError) as error:
+            _kill(process)
+            if watchdog is not None:
+                watchdog.stop()
+            log_file.seek(0)
+            said = log_file.read().decode("utf-8", "replace").strip()[-2000:]
+            log_file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise KernelStartError(f"the fork template did not start ({error!r}): {said}") from None
+        return cls(key, process, server, watchdog, log_file)
+
+    async def _stop(self) -> None:
+        await self.server.close(stop_server=True)
+        deadline = time.monotonic() + 5
+        while self._process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # it exits at once; no thread to wait in
+        if self._process.poll() is None:
+            _kill(self._process)
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.server.path)
+        self._log_file.close()
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, 9)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+def interpreter_of(argv: list[str]) -> str | None:
+    """The Python interpreter a kernel spec's argv runs, if it runs ipykernel with one."""
+    if not argv or not any("ipykernel" in part for part in argv[1:3]):
+        return None
+    argv0 = sys.executable if argv[0] in ("python", "python3", "{python}") else argv[0]
+    return argv0 if os.path.basename(argv0).startswith("python") else None
