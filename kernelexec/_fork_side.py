@@ -37,386 +37,12 @@ Why a copy is correct by construction:
 
 import json
 import os
-import select
 import signal
-import socket
 import sys
-import traceback
 
 _GRAVEYARD = []  # the old machinery of a rebuilt kernel: referenced forever, never finalised
-_MACHINERY = "_kernelexec_fork_machinery"  # shell attribute: {fd: readlink target}
 _DEPTH = "_kernelexec_fork_depth"  # shell attribute: stack depth already compensated
 _LATE_KINDS = ("anon_inode:[eventfd]", "anon_inode:[eventpoll]")
-_CHILD_FAILED = 70
-_MAX_BUFFER = 16 * 1024 * 1024
-
-
-def _exit(code):
-    import posix  # os._exit may be wrapped by kernelexec's hooks
-
-    posix._exit(code)
-
-
-def _open_fds():
-    fds = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            fds[int(name)] = os.readlink("/proc/self/fd/" + name)
-        except OSError:
-            pass  # the listing's own descriptor
-    return fds
-
-
-def _listen(path):
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        os.fchmod(listener.fileno(), 0o600)  # Linux: the socket file is made with this mode
-        listener.bind(path)
-        os.chmod(path, 0o600)
-        listener.listen(64)
-    except BaseException:
-        listener.close()
-        raise
-    listener.setblocking(False)
-    return listener
-
-
-def _lower_limit(name, value):
-    import resource
-
-    limit = getattr(resource, name)
-    _, hard = resource.getrlimit(limit)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    resource.setrlimit(limit, (value, value))
-
-
-def _check_fork_request(request):
-    """The request's fields, checked; raises ValueError naming what is wrong."""
-    import resource
-
-    def need(name, kind, optional=False):
-        value = request.get(name)
-        if value is None and optional:
-            return None
-        if not isinstance(value, kind):
-            raise ValueError("fork: %r must be %s" % (name, kind.__name__))
-        return value
-
-    need("connection_file", str)
-    need("stderr_path", str)
-    env = need("env", dict)
-    if not all(isinstance(k, str) and isinstance(v, str) and "=" not in k and k for k, v in env.items()):
-        raise ValueError("fork: 'env' must map names to str values")
-    cwd = need("cwd", str, optional=True)
-    if cwd is not None and not os.path.isdir(cwd):
-        raise ValueError("fork: cwd %r is not a directory" % cwd)
-    rlimits = need("rlimits", dict, optional=True) or {}
-    for name, value in rlimits.items():
-        if not (name.startswith("RLIMIT_") and hasattr(resource, name) and isinstance(value, int)):
-            raise ValueError("fork: bad rlimit %r: %r" % (name, value))
-    argv = need("argv", list, optional=True) or []
-    if not all(isinstance(arg, str) for arg in argv):
-        raise ValueError("fork: 'argv' must be a list of str")
-
-
-class _Server(object):
-    """One process serving the protocol, blocked in poll() while idle."""
-
-    def __init__(self, listener, path, make_app):
-        self.listener, self.path, self.make_app = listener, path, make_app
-        self.conns = {}  # fd -> [socket, inbuf, outbuf]
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGCHLD, signal.SIGTERM):
-            signal.signal(signum, lambda *_: None)  # a C handler, so the wakeup fd gets the signal
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def serve(self):
-        """Serve until ``close`` or SIGTERM; never returns."""
-        try:
-            self.reap()
-            while True:
-                poller = select.poll()
-                poller.register(self.listener.fileno(), select.POLLIN)
-                poller.register(self.wake_r, select.POLLIN)
-                for fd, (_, _, out) in self.conns.items():
-                    poller.register(fd, select.POLLIN | (select.POLLOUT if out else 0))
-                for fd, events in poller.poll():
-                    if fd == self.listener.fileno():
-                        self.accept()
-                    elif fd == self.wake_r:
-                        self.on_signals()
-                    elif fd in self.conns:
-                        if events & select.POLLOUT:
-                            self.send(fd)
-                        if events & (select.POLLIN | select.POLLHUP | select.POLLERR) and fd in self.conns:
-                            self.receive(fd)
-        except BaseException:
-            os.write(2, traceback.format_exc().encode("utf-8", "replace"))
-            self.close(1)
-
-    def accept(self):
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
-            return
-        conn.setblocking(False)
-        self.conns[conn.fileno()] = [conn, bytearray(), bytearray()]
-
-    def drop(self, fd):
-        self.conns.pop(fd)[0].close()
-
-    def receive(self, fd):
-        conn, inbuf, _ = self.conns[fd]
-        try:
-            data = conn.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data or len(inbuf) + len(data) > _MAX_BUFFER:
-            self.drop(fd)
-            return
-        inbuf += data
-        while fd in self.conns and b"\n" in inbuf:
-            line, _, rest = bytes(inbuf).partition(b"\n")
-            inbuf[:] = rest
-            if line.strip():
-                self.push(fd, self.handle(line))
-
-    def push(self, fd, message):
-        self.conns[fd][2] += (json.dumps(message) + "\n").encode("utf-8")
-        self.send(fd)
-
-    def send(self, fd):
-        conn, _, out = self.conns[fd]
-        try:
-            del out[: conn.send(out)]
-        except BlockingIOError:
-            pass
-        except OSError:
-            self.drop(fd)
-            return
-        if len(out) > _MAX_BUFFER:  # a client that reads nothing must not stall the others
-            self.drop(fd)
-
-    def broadcast(self, message):
-        for fd in list(self.conns):
-            self.push(fd, message)
-
-    def handle(self, line):
-        try:
-            request = json.loads(line.decode("utf-8"))
-            if not isinstance(request, dict):
-                raise ValueError("a request is a JSON object")
-        except ValueError as error:
-            return {"ok": False, "error": "bad request: %s" % error}
-        op = request.get("op")
-        if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
-        if op == "fork":
-            return self.fork(request)
-        if op == "close":
-            for fd in list(self.conns):
-                self.conns[fd][2] += b'{"ok": true}\n'
-            self.close(0)
-        return {"ok": False, "error": "unknown op %r" % (op,)}
-
-    def fork(self, request):
-        reply = {"id": request.get("id")}
-        try:
-            _check_fork_request(request)
-            stderr_fd = os.open(request["stderr_path"], os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        except (ValueError, OSError) as error:
-            return dict(reply, ok=False, error=str(error))
-        ready_r, ready_w = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError as error:
-            for fd in (ready_r, ready_w, stderr_fd):
-                os.close(fd)
-            return dict(reply, ok=False, error="fork failed: %s" % error)
-        if pid == 0:
-            os.close(ready_r)
-            self.child(request, stderr_fd, ready_w)
-        os.close(ready_w)
-        os.close(stderr_fd)
-        os.read(ready_r, 1)  # the child has its own process group: the client may signal it
-        os.close(ready_r)
-        return dict(reply, ok=True, pid=pid)
-
-    def child(self, request, stderr_fd, ready_w):
-        """Become a kernel as ``request`` says; never returns."""
-        code = _CHILD_FAILED
-        try:
-            os.setsid()
-            os.write(ready_w, b".")
-            os.close(ready_w)
-            signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGCHLD, signal.SIGTERM):
-                signal.signal(signum, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            os.environ.clear()
-            os.environ.update(request["env"])
-            os.environ.pop("JPY_PARENT_PID", None)  # the client watches its kernels itself
-            if request.get("cwd") is not None:
-                os.chdir(request["cwd"])
-            for name, value in (request.get("rlimits") or {}).items():
-                _lower_limit(name, value)
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd, target in ((0, null), (1, null), (2, stderr_fd)):
-                os.dup2(target, fd)
-            os.close(null)
-            os.close(stderr_fd)
-            self.listener.close()
-            for conn, _, _ in self.conns.values():
-                conn.close()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-            app = self.make_app(request["connection_file"], list(request.get("argv") or []))
-            code = 1
-            _run(app)
-            code = 0
-        except BaseException:
-            try:
-                os.write(2, traceback.format_exc().encode("utf-8", "replace"))
-            except BaseException:
-                pass
-        finally:
-            _exit(code)
-
-    def on_signals(self):
-        received = b""
-        try:
-            while True:
-                chunk = os.read(self.wake_r, 4096)
-                if not chunk:
-                    break
-                received += chunk
-        except BlockingIOError:
-            pass
-        self.reap()
-        if signal.SIGTERM in received:
-            self.close(0)
-
-    def reap(self):
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            code = os.waitstatus_to_exitcode(status)
-            self.broadcast({"event": "exited", "pid": pid, "returncode": code})
-
-    def close(self, code):
-        """Send what is pending (briefly), unlink the socket path and exit."""
-        for conn, _, out in list(self.conns.values()):
-            try:
-                conn.settimeout(1)
-                conn.sendall(out)
-            except OSError:
-                pass
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        _exit(code)
-
-
-def _run(app):
-    """Run the kernel until it is shut down, then exit as a Python process would."""
-    import atexit
-    import threading
-
-    app.start()
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
-        shutdown()  # waits for non-daemon threads, as interpreter exit does
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-
-
-def _note(shell, fds):
-    setattr(shell, _MACHINERY, dict((fd, target) for fd, target in fds.items() if fd > 2))
-
-
-def note_machinery_fds():
-    """Record the kernel's machinery fds (once, right after the kernel is ready; idempotent)."""
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    if getattr(shell, _MACHINERY, None) is None:
-        _note(shell, _open_fds())
-
-
-# The template --------------------------------------------------------------------------------
-
-_KERNEL_MODULES = (
-    "asyncio", "sqlite3", "ctypes", "IPython", "IPython.core.interactiveshell",
-    "IPython.core.completer", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell",
-    "ipykernel.comm", "ipykernel.debugger", "ipykernel.eventloops", "ipykernel.displayhook",
-    "jupyter_client.session", "zmq", "zmq.eventloop.zmqstream", "tornado.ioloop",
-    "traitlets.config", "comm", "jedi", "matplotlib_inline.backend_inline",
-)
-
-
-def serve_template(path):
-    """Serve at ``path`` as a template: its fork children become fresh kernels."""
-    import gc
-    import importlib
-
-    listener = _listen(path)
-    _become_subreaper()
-    for name in _KERNEL_MODULES:
-        try:
-            importlib.import_module(name)
-        except Exception:  # optional ones (jedi, debugpy, matplotlib_inline) may be missing
-            pass
-    gc.collect()
-    gc.freeze()  # the kernels' collectors leave the template's pages shared
-    _Server(listener, path, _fresh_app).serve()
-
-
-def _become_subreaper():
-    """Orphaned descendants of the template's kernels are reparented to it (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
-
-
-def _fresh_app(connection_file, argv):
-    """A new kernel, as ``python -m ipykernel_launcher -f connection_file *argv`` makes it."""
-    import importlib.util
-
-    from ipykernel.kernelapp import IPKernelApp
-
-    launcher = importlib.util.find_spec("ipykernel_launcher")
-    sys.argv = [launcher.origin if launcher else "ipykernel_launcher", "-f", connection_file] + argv
-    before = _open_fds()
-    app = IPKernelApp.instance()
-    app.parent_handle = 0  # its default was read from the template's environment
-    app.initialize(["-f", connection_file] + argv)
-    _note(app.shell, _new_fds(before))
-    return app
-
-
-def _new_fds(before):
-    return dict(item for item in _open_fds().items() if before.get(item[0]) != item[1])
-
-
-# Checkpoints of a live kernel ----------------------------------------------------------------
 
 
 def checkpoint(path):
@@ -434,7 +60,8 @@ def checkpoint(path):
     threads = _user_threads(shell, app)
     listener = _listen(path)
     try:
-        pid = _double_fork(lambda: _serve_checkpoint(listener, path, machinery), _fork_locks(shell, app))
+        serve = lambda report: _serve_checkpoint(listener, path, machinery, report)
+        pid = _double_fork(serve, _fork_locks(shell, app))
     except BaseException:
         try:
             os.unlink(path)
@@ -529,8 +156,8 @@ def _fork_locks(shell, app):
 
 
 def _double_fork(serve, locks):
-    """Fork a server running ``serve()`` as a grandchild (the kernel never holds a zombie);
-    the server's pid."""
+    """Start ``serve(report)`` in a grandchild (the kernel never holds a zombie), which calls
+    ``report()`` once it serves; its pid."""
     import gc
     import warnings
 
@@ -552,20 +179,21 @@ def _double_fork(serve, locks):
         except BaseException:
             gc.unfreeze()
             raise
-        if middle:
-            gc.unfreeze()
         if middle == 0:
             try:
-                os.close(read_pid)
-                server = os.fork()
-                if server == 0:
-                    os.close(write_pid)
+                if os.fork() == 0:
+                    os.close(read_pid)
                     for lock in held:
                         lock.release()
-                    serve()
-                os.write(write_pid, str(server).encode())
+
+                    def report():
+                        os.write(write_pid, str(os.getpid()).encode())
+                        os.close(write_pid)
+
+                    serve(report)
             finally:
                 _exit(0)
+        gc.unfreeze()
     finally:
         for lock in reversed(held):
             lock.release()
@@ -574,11 +202,11 @@ def _double_fork(serve, locks):
     with os.fdopen(read_pid, "rb") as pipe:
         pid = pipe.read()
     if not pid:
-        raise RuntimeError("checkpoint: the server process could not be started")
+        raise RuntimeError("checkpoint: the server could not start (see the kernel's stderr)")
     return int(pid)
 
 
-def _serve_checkpoint(listener, path, machinery):
+def _serve_checkpoint(listener, path, machinery, report):
     """In the frozen copy: drop the kernel's machinery fds and serve; never returns."""
     try:
         os.setsid()
@@ -590,13 +218,16 @@ def _serve_checkpoint(listener, path, machinery):
         for fd in machinery - set([listener.fileno(), null]):
             os.dup2(null, fd, inheritable=False)
         os.close(null)
-        _Server(listener, path, _rebuilt_app).serve()
+        server = _Server(listener, path, lambda cf, argv: _rebuilt_app(cf, argv, len(machinery)))
+        report()
+        server.serve()
     finally:
         _exit(1)
 
 
-def _rebuilt_app(connection_file, argv):
-    """In a fork child of a checkpoint: new kernel machinery around the existing shell."""
+def _rebuilt_app(connection_file, argv, placeholders):
+    """In a fork child of a checkpoint: new kernel machinery around the existing shell.
+    ``placeholders``: how many fds the checkpoint holds on /dev/null (the user keeps as many)."""
     import asyncio
     import atexit
     import logging
@@ -630,6 +261,7 @@ def _rebuilt_app(connection_file, argv):
         depth, frame = depth + 1, frame.f_back
     sys.setrecursionlimit(sys.getrecursionlimit() + max(0, depth - getattr(shell, _DEPTH, 0)))
     setattr(shell, _DEPTH, depth)
+    _raise_soft_limit("RLIMIT_NOFILE", placeholders)
 
     app = IPKernelApp.instance()
     app.parent_handle = 0
@@ -646,6 +278,15 @@ def _rebuilt_app(connection_file, argv):
         _forward(old, new)
     _note(shell, _new_fds(before))
     return app
+
+
+def _raise_soft_limit(name, more):
+    import resource
+
+    limit = getattr(resource, name)
+    soft, hard = resource.getrlimit(limit)
+    if soft != resource.RLIM_INFINITY:
+        resource.setrlimit(limit, (soft + more if hard == resource.RLIM_INFINITY else min(hard, soft + more), hard))
 
 
 def _leave_cell(shell, kernel):
