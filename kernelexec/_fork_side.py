@@ -48,9 +48,10 @@ _LATE_KINDS = ("anon_inode:[eventfd]", "anon_inode:[eventpoll]")
 def checkpoint(path):
     """Make a frozen copy of this kernel serving the protocol at ``path``.
 
-    Runs in a cell (the kernel's main thread). Prints ``{"pid": <server pid>, "threads": [...]}``
-    as one JSON line on stdout and returns it; ``threads`` names the threads that will not exist
-    in copies.
+    Runs in a cell (the kernel's main thread). Writes ``{"pid": <server pid>, "threads": [...]}``
+    on stdout, alone on its line (other threads may print in the same cell: the client takes the
+    last line that is a JSON object with a "pid"), and returns it; ``threads`` names the threads
+    that will not exist in copies.
     """
     from IPython import get_ipython
     from ipykernel.kernelapp import IPKernelApp
@@ -71,7 +72,8 @@ def checkpoint(path):
     finally:
         listener.close()
     result = {"pid": pid, "threads": threads}
-    print(json.dumps(result))
+    # One write, so that a line another thread prints meanwhile never splits or prefixes it.
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
     sys.stdout.flush()
     return result
 

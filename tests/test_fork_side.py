@@ -286,8 +286,13 @@ def test_template_children_are_fresh_kernels_set_up_as_asked(forks: Forks) -> No
     assert second.value("1 + 1") == "2" and second.pid != first.pid
     wait_for_bytes(first.stderr_path, b"to fd 2")
 
+    # The template is a subreaper: an orphan of its kernel is reparented to it and reported.
+    orphan = int(first.value("import subprocess; subprocess.Popen(['sleep', '60']).pid"))
     first.client.execute("os._exit(3)")
     assert template.exited(first.pid) == 3
+    assert psutil.Process(orphan).ppid() == forks.templates[0].pid
+    os.kill(orphan, signal.SIGKILL)
+    assert template.exited(orphan) == -signal.SIGKILL
     os.kill(second.pid, signal.SIGKILL)
     assert template.exited(second.pid) == -signal.SIGKILL
 
@@ -318,6 +323,21 @@ def test_server_answers_bad_requests_and_tells_every_connection(forks: Forks) ->
     assert template.exited(reply["pid"]) == 70 and other.exited(reply["pid"]) == 70
     wait_for_bytes(stderr_path, b"Traceback")
     assert other.request(op="ping")["ok"]
+    forks.templates[0].terminate()  # SIGTERM: the server unlinks its socket and exits
+    assert forks.templates[0].wait(30) == 0
+    assert not os.path.exists(os.path.join(forks.dir, "t0.sock"))
+
+
+def test_a_template_kernel_can_be_checkpointed_and_the_template_reaps_the_checkpoint(forks: Forks) -> None:
+    template = forks.template()
+    kernel = forks.fork(template)  # it noted its machinery fds itself
+    kernel.run("z = 5")
+    server, made = forks.checkpoint(kernel)
+    assert psutil.Process(made["pid"]).ppid() == forks.templates[0].pid  # double fork: an orphan
+    assert forks.fork(server).value("z") == "5"
+    assert kernel.value("z") == "5"
+    assert server.request(op="close") == {"ok": True}
+    assert template.exited(made["pid"]) == 0
 
 
 def test_checkpoint_copies_are_independent_kernels_with_the_source_state(forks: Forks) -> None:
