@@ -161,7 +161,7 @@ class _Server(object):
             line, _, rest = bytes(inbuf).partition(b"\n")
             inbuf[:] = rest
             if line.strip():
-                self.push(fd, self.handle(line))
+                self.push(fd, self.handle(fd, line))
 
     def push(self, fd, message):
         self.conns[fd][2] += (json.dumps(message) + "\n").encode("utf-8")
@@ -183,7 +183,7 @@ class _Server(object):
         for fd in list(self.conns):
             self.push(fd, message)
 
-    def handle(self, line):
+    def handle(self, fd, line):
         try:
             request = json.loads(line.decode("utf-8"))
             if not isinstance(request, dict):
@@ -196,8 +196,7 @@ class _Server(object):
         if op == "fork":
             return self.fork(request)
         if op == "close":
-            for fd in list(self.conns):
-                self.conns[fd][2] += b'{"ok": true}\n'
+            self.conns[fd][2] += b'{"ok": true}\n'
             self.close(0)
         return {"ok": False, "error": "unknown op %r" % (op,)}
 

@@ -1,38 +1,43 @@
-"""Fork servers: kernels made by ``fork()`` of a template process or of a frozen copy of a live kernel.
+"""Checkpoints: a frozen copy of a live kernel, whose fork children become kernels with its state.
 
-Shipped as source, like ``_kernel_side``: it imports nothing from kernelexec. A template runs it with
-``python -c SOURCE + "serve_template(path)"``; a live kernel runs it in a private namespace
-(``note_machinery_fds()`` once when ready, ``checkpoint(path)`` to make a copy). Both serve the
-same protocol on an AF_UNIX socket (JSON lines: ``ping``, ``fork``, ``close``; ``exited`` events).
+Shipped after ``_fork_server``'s source, as one text (names such as ``_Server``, ``_listen``,
+``_open_fds``, ``_note``, ``_exit``, ``_MACHINERY`` come from there). A live kernel runs
+``checkpoint(path)`` in a cell: a grandchild of the kernel (double fork: the kernel holds no
+zombie) serves the protocol at ``path``; each ``fork`` it gets makes a child that builds new kernel
+machinery around the existing IPython shell (namespace, imports, magics, formatters, execution
+count, history) and serves the client's connection file.
 
 Why a copy is correct by construction:
 
-- Threads. A checkpoint forks from the kernel's main thread, inside a cell. A fork child has only
-  that thread: the kernel's IOPub, heartbeat, control, shell-channel, history and fd-reader
-  threads, and libzmq's I/O threads, do not exist in it. The copy never calls into any object
-  those threads used: the old app, kernel, ZMQ context and sockets, loops and streams are kept
-  alive forever (``_GRAVEYARD``, so no finaliser of theirs ever runs) and every path that led to
-  them is re-pointed (singletons cleared, ``sys.std*`` replaced, the old stream objects forward
-  to the new ones, ``shell.kernel`` set). The copy builds a whole new machinery (a new ZMQ
-  context, new threads, a new asyncio loop) around the one object it keeps: the shell, whose
-  state is plain Python data of the main thread. pyzmq closes nothing created in another pid.
-- Locks. The copy meets only locks of objects it uses. Of the old ones, the main thread holds,
-  across the fork, every lock another thread may hold on something the copy could reach (the
-  streams' buffers, kernelexec's fd forwarders, the IOPub event-pipe lock, IPython's history
-  caches), so the copy's image of them is consistent and none is held by a vanished thread;
-  CPython itself re-initialises its own (GIL, import lock, threading, logging) in the child.
-- File descriptors. The server's copy replaces every fd of the kernel's machinery by /dev/null
-  (``dup2``, so its number is never reused: a stale object that somehow still used it reaches
-  /dev/null, never a descriptor of the new kernel). Machinery = what was open when the kernel
-  was ready (``note_machinery_fds``, same target now) plus what the machinery opened later:
-  eventfds and epolls (ZMQ mailboxes, loops) and connections to the kernel's own endpoints.
-  So a copy holds no connection of its source (its client sees the source's death) and cannot
-  steal the source's output; files, pipes and sockets the user opened stay open (fork semantics).
-- Memory. ``gc.freeze()`` before the fork: the copy's collector never writes to the inherited
-  objects, so their pages stay shared until the code writes to them.
-- The cell. The copy never returns from the checkpoint's cell: it undoes what leaving it would
-  (input forwarding, display and builtin traps), and the frames below stay as dead weight (the
-  recursion limit is raised by their number). It ends with ``os._exit``.
+- Threads. The checkpoint forks from the kernel's main thread, inside a cell. A fork child has
+  only that thread: the kernel's IOPub, heartbeat, control, shell-channel, history and fd-reader
+  threads, libzmq's I/O threads, and the user's threads (reported by name) do not exist in it.
+  The copy never calls into an object those threads used. The old app, kernel, ZMQ contexts and
+  sockets, loops and streams are kept alive forever (``_GRAVEYARD``), so no finaliser of theirs
+  ever runs (pyzmq would close nothing anyway: it checks the pid). Every path to them is
+  re-pointed: the singletons are cleared; ``sys.std*`` are fresh objects; the old stream objects,
+  which user code may hold, forward every attribute to the new streams; ``shell.kernel`` is the
+  new kernel; the cell's traps and input forwarding are undone; atexit is emptied. The copy
+  builds all-new machinery (ZMQ context, threads, asyncio loop) around the one object it keeps,
+  the shell, which is plain Python data of the main thread.
+- Locks. The copy uses no old lock: the objects that own them are never used. Still, across the
+  fork the main thread holds every lock that another thread may hold on something a copy's
+  image contains (kernelexec's fd forwarders, the streams' buffers, the IOPub event pipes, a
+  history saver's caches), so that image is consistent; CPython re-initialises its own (GIL,
+  import lock, threading, logging) in the child. The locks nest in that order everywhere.
+- File descriptors. The checkpoint replaces every fd of the kernel's machinery by /dev/null
+  (``dup2``, so its number is never reused: a stale object that still used one would reach
+  /dev/null, never a descriptor of the new kernel). Machinery = what was open when the kernel was
+  ready (``note_machinery_fds``; same target now) plus what the machinery opened later: eventfds
+  and epolls (ZMQ mailboxes, loops) and connections to the kernel's own endpoints. A copy
+  therefore holds no connection of its source (the source's client still sees the source die)
+  and cannot read the source's output pipes; files, pipes and sockets the user opened stay open
+  (fork semantics). Fds 0-2 are the copy's own (/dev/null and its stderr file).
+- Memory. ``gc.freeze()`` before the fork: no collector writes to the inherited objects, so their
+  pages stay shared until the code itself writes to them.
+- The cell. A copy never returns from the checkpoint's cell: the frames below are dead weight,
+  and the recursion limit (and the soft fd limit, for the /dev/null placeholders) grows by as
+  much, so user code keeps the headroom it had. A copy ends with ``os._exit``.
 """
 
 import json
@@ -120,9 +125,12 @@ def _endpoint_inodes(app):
 def _kernel_threads(shell, app):
     import threading
 
-    from ipykernel.thread import BaseThread
-
+    try:
+        from ipykernel.thread import BaseThread  # control, shell channel, subshells (ipykernel 7)
+    except ImportError:
+        BaseThread = ()
     own = [threading.main_thread(), app.heartbeat, app.poller, app.iopub_thread.thread]
+    own += [getattr(app, name, None) for name in ("control_thread", "shell_channel_thread")]
     own.append(getattr(getattr(shell, "history_manager", None), "save_thread", None))
     own += [getattr(stream, "watch_fd_thread", None) for stream in (sys.stdout, sys.stderr)]
     return [t for t in threading.enumerate() if any(t is o for o in own) or isinstance(t, BaseThread)]
@@ -231,40 +239,17 @@ def _rebuilt_app(connection_file, argv, placeholders):
     """In a fork child of a checkpoint: new kernel machinery around the existing shell.
     ``placeholders``: how many fds the checkpoint holds on /dev/null (the user keeps as many)."""
     import asyncio
-    import atexit
-    import logging
 
     from ipykernel.kernelapp import IPKernelApp
 
     old_app = IPKernelApp.instance()
-    shell, old_kernel = old_app.shell, old_app.kernel
-    old_streams = (sys.stdout, sys.stderr)
-    _GRAVEYARD.extend([old_app, old_kernel, old_streams, sys.__stdout__, sys.__stderr__])
-    _GRAVEYARD.append(asyncio.events._get_running_loop())
-    _leave_cell(shell, old_kernel)
-    atexit._clear()  # the source's: its machinery, its temp files
-    encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"
-    sys.stdout = sys.__stdout__ = os.fdopen(1, "w", closefd=False, encoding=encoding)
-    sys.stderr = sys.__stderr__ = os.fdopen(
-        2, "w", 1, closefd=False, encoding=encoding, errors="backslashreplace"
-    )
-    tornado_log = logging.getLogger("tornado")  # init_iopub adds its handler again
-    _GRAVEYARD.append(list(tornado_log.handlers))
-    tornado_log.handlers[:] = []
-    IPKernelApp.clear_instance()
-    type(old_kernel).clear_instance()
-    asyncio.events._set_running_loop(None)  # the fork happened inside the old loop
+    shell, old_streams = old_app.shell, (sys.stdout, sys.stderr)
+    _retire(old_app)
     before = _open_fds()
     asyncio.set_event_loop(asyncio.new_event_loop())
     _private_history(shell)
     _forget_kernelexec_hooks(shell)
-    depth, frame = 0, sys._getframe()
-    while frame is not None:
-        depth, frame = depth + 1, frame.f_back
-    sys.setrecursionlimit(sys.getrecursionlimit() + max(0, depth - getattr(shell, _DEPTH, 0)))
-    setattr(shell, _DEPTH, depth)
-    _raise_soft_limit("RLIMIT_NOFILE", placeholders)
-
+    _keep_headroom(shell, placeholders)
     app = IPKernelApp.instance()
     app.parent_handle = 0
     # The shell's state is the source's: no startup files, exec_lines, extensions or pylab again.
@@ -280,6 +265,37 @@ def _rebuilt_app(connection_file, argv, placeholders):
         _forward(old, new)
     _note(shell, _new_fds(before))
     return app
+
+
+def _retire(old_app):
+    """Keep the old machinery alive but out of every path a new kernel takes; leave the cell."""
+    import asyncio
+    import atexit
+    import logging
+
+    _GRAVEYARD.extend([old_app, old_app.kernel, sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__])
+    _GRAVEYARD.append(asyncio.events._get_running_loop())
+    _leave_cell(old_app.shell, old_app.kernel)
+    atexit._clear()  # the source's: its machinery, its temp files
+    encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"  # fresh objects: no old locks
+    sys.stdout = sys.__stdout__ = os.fdopen(1, "w", closefd=False, encoding=encoding)
+    sys.stderr = sys.__stderr__ = os.fdopen(2, "w", 1, closefd=False, encoding=encoding, errors="backslashreplace")
+    tornado_log = logging.getLogger("tornado")  # init_iopub adds its handler again
+    _GRAVEYARD.append(list(tornado_log.handlers))
+    tornado_log.handlers[:] = []
+    type(old_app).clear_instance()
+    type(old_app.kernel).clear_instance()
+    asyncio.events._set_running_loop(None)  # the fork happened inside the old loop
+
+
+def _keep_headroom(shell, placeholders):
+    """The dead frames below and the fds on /dev/null must not shrink what user code may use."""
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    sys.setrecursionlimit(sys.getrecursionlimit() + max(0, depth - getattr(shell, _DEPTH, 0)))
+    setattr(shell, _DEPTH, depth)
+    _raise_soft_limit("RLIMIT_NOFILE", placeholders)
 
 
 def _raise_soft_limit(name, more):

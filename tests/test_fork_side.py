@@ -296,7 +296,10 @@ def test_template_children_are_fresh_kernels_set_up_as_asked(forks: Forks) -> No
     os.kill(second.pid, signal.SIGKILL)
     assert template.exited(second.pid) == -signal.SIGKILL
 
+    bystander = forks.connect(os.path.join(forks.dir, "t0.sock"))
+    assert bystander.request(op="ping")["ok"]
     assert template.request(op="close") == {"ok": True}
+    assert bystander.reader.readline() == b""  # the reply went to the asker only
     assert forks.templates[0].wait(30) == 0
     assert not os.path.exists(os.path.join(forks.dir, "t0.sock"))
 
