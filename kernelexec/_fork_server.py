@@ -106,7 +106,9 @@ class _Server(object):
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.dispositions = {}  # what the children get back (a checkpoint's: the user's handlers)
         for signum in (signal.SIGCHLD, signal.SIGTERM):
+            self.dispositions[signum] = signal.getsignal(signum)
             signal.signal(signum, lambda *_: None)  # a C handler, so the wakeup fd gets the signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -231,8 +233,8 @@ class _Server(object):
             os.write(ready_w, b".")
             os.close(ready_w)
             signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGCHLD, signal.SIGTERM):
-                signal.signal(signum, signal.SIG_DFL)
+            for signum, disposition in self.dispositions.items():
+                signal.signal(signum, signal.SIG_DFL if disposition is None else disposition)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             os.environ.clear()
             os.environ.update(request["env"])
@@ -373,18 +375,23 @@ def _become_subreaper():
 
 def _fresh_app(connection_file, argv):
     """A new kernel, as ``python -m ipykernel_launcher -f connection_file *argv`` makes it."""
-    import importlib.util
-
     from ipykernel.kernelapp import IPKernelApp
 
-    launcher = importlib.util.find_spec("ipykernel_launcher")
-    sys.argv = [launcher.origin if launcher else "ipykernel_launcher", "-f", connection_file] + argv
+    _set_argv(connection_file, argv)
     before = _open_fds()
     app = IPKernelApp.instance()
     app.parent_handle = 0  # its default was read from the template's environment
     app.initialize(["-f", connection_file] + argv)
     _note(app.shell, _new_fds(before))
     return app
+
+
+def _set_argv(connection_file, argv):
+    """``sys.argv`` as ``python -m ipykernel_launcher`` would have it."""
+    import importlib.util
+
+    launcher = importlib.util.find_spec("ipykernel_launcher")
+    sys.argv = [launcher.origin if launcher else "ipykernel_launcher", "-f", connection_file] + argv
 
 
 def _new_fds(before):

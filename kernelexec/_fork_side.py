@@ -255,6 +255,7 @@ def _rebuilt_app(connection_file, argv, placeholders):
     # The shell's state is the source's: no startup files, exec_lines, extensions or pylab again.
     app.init_code = app.init_extensions = lambda: None
     app.init_gui_pylab = lambda: os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    _set_argv(connection_file, argv)
     app.initialize(["-f", connection_file] + argv)
     shell.kernel = shell.parent = app.kernel  # IPythonKernel found the shell made
     shell.exit_now = False

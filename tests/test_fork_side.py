@@ -352,7 +352,8 @@ def test_checkpoint_copies_are_independent_kernels_with_the_source_state(forks: 
         "import os, threading, logging, sys\nstop = threading.Event()\n"
         "threading.Thread(target=stop.wait, name='user-waiter', daemon=True).start()\n"
         "log = logging.getLogger('user'); log.addHandler(logging.StreamHandler(sys.stdout))\n"
-        "class Rich:\n    def _repr_html_(self): return '<b>rich</b>'"
+        "class Rich:\n    def _repr_html_(self): return '<b>rich</b>'\n"
+        "import signal\ndef on_term(*args): pass\nsignal.signal(signal.SIGTERM, on_term)"
     )
     assert content["status"] == "ok"
     server, made = forks.checkpoint(source)
@@ -366,6 +367,9 @@ def test_checkpoint_copies_are_independent_kernels_with_the_source_state(forks: 
     # In: '', the source's cell, then the copy's own four (this one included).
     assert one.repr("In[1].startswith('x = 41'), len(In)") == "(True, 6)"
     assert one.result_data("Rich()")["text/html"] == "<b>rich</b>"  # IPython's display hook
+    assert one.repr("signal.getsignal(signal.SIGTERM) is on_term, sys.argv[sys.argv.index('-f') + 1]") == repr(
+        (True, one.client.connection_file)
+    )
     # A handler made in the source holds the source's sys.stdout: its output reaches the copy's client.
     assert one.run("log.warning('from a copy')")[1] == "from a copy\n"
     assert "user-waiter" not in one.value("[t.name for t in threading.enumerate()]")
