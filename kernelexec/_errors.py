@@ -11,9 +11,11 @@ machinery or the caller's own request::
     ├── UnknownSession        (also a KeyError) SessionManager.get() of an id it does not hold
     ├── ExecutionFailed       raise_for_error() on a result that is not ok
     │   └── CellExecutionError  a notebook cell failed during run_notebook
+    ├── ForkNotSupported      fork()/checkpoint() of a kernel that cannot be copied (gateway, not Python)
     └── (ValueError)          InvalidArgument: an option has a value that cannot work
 
-Every message says what happened and what to do next.
+Every message says what happened and what to do next. ``ForkWarning`` (a ``UserWarning``) says what
+a copy of a kernel lacks (threads other than the one running the code).
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ class UnknownSession(KernelexecError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+class ForkNotSupported(KernelexecError):
+    """The session's kernel cannot be copied: it runs on a gateway, or is not a Python kernel."""
+
+
+class ForkWarning(UserWarning):
+    """A copy of a kernel (fork, checkpoint) lacks something the kernel had: its other threads."""
 
 
 class ExecutionFailed(KernelexecError):

@@ -25,7 +25,7 @@ from ._backend import KernelDied, wait_until_ready
 from ._channels import ZmqChannels, channel_url
 from ._containment import kill_unchanged
 from ._errors import KernelStartError
-from ._fork_servers import ForkServer, runtime_path
+from ._fork_client import ForkServer, runtime_path
 from ._options import SessionOptions
 from ._process_kernel import ProcessKernel, format_detail
 from ._watchdog import OwnerDeathWatchdog

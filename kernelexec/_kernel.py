@@ -16,7 +16,7 @@ import uuid
 from typing import IO
 
 import zmq
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 
@@ -187,12 +187,24 @@ def _new_manager(kernel_name: str) -> AsyncKernelManager:
     try:
         manager.kernel_spec  # noqa: B018 - resolves the spec, raising NoSuchKernel early
     except NoSuchKernel:
-        names = ", ".join(installed_kernel_names()) or "none"
-        raise KernelStartError(
-            f"no kernel spec named {kernel_name!r} is installed (installed: {names}). Pass one of "
-            "those as kernel_name, or install one, e.g. `python -m ipykernel install --user`."
-        ) from None
+        raise _no_such_kernel(kernel_name) from None
     return manager
+
+
+def kernel_spec(kernel_name: str) -> KernelSpec:
+    """The installed kernel spec ``kernel_name``; ``KernelStartError`` names the installed ones."""
+    try:
+        return KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        raise _no_such_kernel(kernel_name) from None
+
+
+def _no_such_kernel(kernel_name: str) -> KernelStartError:
+    names = ", ".join(installed_kernel_names()) or "none"
+    return KernelStartError(
+        f"no kernel spec named {kernel_name!r} is installed (installed: {names}). Pass one of "
+        "those as kernel_name, or install one, e.g. `python -m ipykernel install --user`."
+    )
 
 
 def _extra_arguments(manager: AsyncKernelManager) -> list[str]:

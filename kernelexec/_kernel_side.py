@@ -726,6 +726,27 @@ def _drop_huge_displays(shell, max_bundle_chars):
             publisher.register_hook(drop)
 
 
+def _open_fds():
+    fds = {}
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        try:
+            fds[int(name)] = os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            pass
+    return fds
+
+
+def _note_machinery_fds(shell, before):
+    """Record the kernel's own fds, which copies made by fork close (see ``_fork_side``): all
+    of them when the kernel is new (no user code has run), else those this install opened."""
+    machinery = getattr(shell, "_kernelexec_fork_machinery", None)
+    now = dict((fd, target) for fd, target in _open_fds().items() if fd > 2)
+    if machinery is None:
+        shell._kernelexec_fork_machinery = now
+    else:
+        machinery.update((fd, target) for fd, target in now.items() if before.get(fd) != target)
+
+
 def install(
     max_message_chars, memory_limit=None, max_processes=None, max_bundle_chars=None,
     payload_source=PAYLOAD_SOURCE, stderr_keep_bytes=STDERR_KEEP_BYTES,
@@ -737,6 +758,7 @@ def install(
     PAYLOAD_SOURCE, STDERR_KEEP_BYTES = payload_source, stderr_keep_bytes
 
     shell = get_ipython()
+    fds_before = _open_fds()
     if memory_limit:
         _refuse_a_limit_below_use(memory_limit)
         _lower_limit("RLIMIT_AS", memory_limit)  # over-allocation: a clean MemoryError
@@ -756,3 +778,4 @@ def install(
     if streams:  # ipykernel's OutStreams
         _bound_iopub(streams, max_message_chars)
         _take_over_writes(shell, streams, max_message_chars)
+    _note_machinery_fds(shell, fds_before)

@@ -1,13 +1,20 @@
-"""The kernel factory: start the kernel a session's options ask for, and prepare it.
+"""The kernel factory: where a session's kernels come from, and how each is prepared.
 
-``launch_kernel`` is the one way a session gets a kernel (a cold start, a restart, or ahead of
-time for the warm pool): it starts a backend (``LocalKernel`` or ``GatewayKernel``) and prepares
-it — kernelexec's in-kernel hooks in Python kernels, then the caller's startup code.
+A ``Launcher`` belongs to one owner (a session, or the manager's warm pool) and makes all of its
+kernels (a cold start, a restart, ahead of time): a gateway kernel when ``gateway_url`` is set;
+otherwise, by default, a fork of a pre-imported template (``launcher="auto"`` or ``"fork"``,
+local Python kernels on Linux), and a kernel spawned by jupyter_client where forking is not
+possible (``"auto"`` says why at debug level; ``"fork"`` raises) or not wanted (``"spawn"``).
+Every kernel is then prepared: kernelexec's in-kernel hooks in Python kernels, then the
+caller's startup code. The launcher holds its template until ``close()``.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -15,45 +22,100 @@ from . import _kernel_side
 from ._backend import KernelBackend
 from ._errors import KernelStartError
 from ._execute import DEADLINE, Call, pump
-from ._kernel import LocalKernel
+from ._fork_client import ForkServer, Template, interpreter_of
+from ._forked_kernel import ForkedKernel
+from ._kernel import LocalKernel, kernel_spec
 from ._options import SessionOptions
 from ._traceback import plain_traceback
 from ._wire import ERROR_PAYLOAD_SOURCE, MAX_MESSAGE_CHARS, STDERR_KEEP_BYTES
 
 _BOOTSTRAP_SOURCE = inspect.getsource(_kernel_side)
+log = logging.getLogger("kernelexec")
 
 KernelSource = Callable[[], Awaitable[KernelBackend]]
 
 
-async def launch_kernel(options: SessionOptions) -> KernelBackend:
-    """Start a kernel for ``options`` and prepare it; raises ``KernelStartError``."""
-    kernel = await start_kernel(options)
-    try:
-        await prepare_kernel(kernel, options)
-    except BaseException:
-        await kernel.shutdown(graceful=False)
-        raise
-    return kernel
+class Launcher:
+    """Makes (and prepares) the kernels of one owner; see the module docstring."""
+
+    def __init__(self, options: SessionOptions) -> None:
+        self.options = options
+        self._template: Template | None = None
+        self._no_fork: str | None = None  # why this launcher spawns instead
+
+    async def launch(self) -> KernelBackend:
+        """A started, prepared kernel; raises ``KernelStartError``."""
+        kernel = await self.start()
+        try:
+            await prepare_kernel(kernel, self.options)
+        except BaseException:
+            await kernel.shutdown(graceful=False)
+            raise
+        return kernel
+
+    async def start(self) -> KernelBackend:
+        """A started kernel, not yet prepared."""
+        options = self.options
+        if options.gateway_url is not None:
+            # Imported on first use: it brings tornado's HTTP and websocket clients.
+            from ._gateway import GatewayKernel
+
+            return await GatewayKernel.start(options)
+        if options.launcher != "spawn" and self._no_fork is None:
+            try:
+                return await self._fork()
+            except KernelStartError as error:
+                if options.launcher == "fork":
+                    raise
+                self._no_fork = str(error)
+                log.debug("spawning kernels instead of forking them: %s", error)
+        return await LocalKernel.start(
+            options.kernel_name, cwd=options.cwd, env=options.kernel_env(),
+            startup_timeout=options.startup_timeout, max_processes=options.max_processes,
+        )  # fmt: skip
+
+    @property
+    def template_server(self) -> ForkServer | None:
+        """The template this launcher forks from, if any: it reaps its kernels' orphans."""
+        return self._template.server if self._template is not None else None
+
+    async def close(self) -> None:
+        """Let go of the template (it stops with its last holder)."""
+        template, self._template = self._template, None
+        if template is not None:
+            await template.release()
+
+    async def _fork(self) -> KernelBackend:
+        if self._template is None or not self._template.alive:
+            await self.close()
+            argv0 = fork_interpreter(self.options)
+            self._template = await Template.acquire(argv0, self.options.kernel_env(), self.options.startup_timeout)
+        return await ForkedKernel.start(self._template.server, self.options, witnesses=[])
 
 
-async def start_kernel(options: SessionOptions) -> KernelBackend:
-    """Start the backend ``options`` ask for, ready to take requests (not yet prepared)."""
-    if options.gateway_url is not None:
-        # Imported on first use: it brings tornado's HTTP and websocket clients.
-        from ._gateway import GatewayKernel
+def fork_interpreter(options: SessionOptions) -> str:
+    """The interpreter whose template forks kernels for ``options``; ``KernelStartError`` says
+    why there is none."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
+        raise KernelStartError(f"kernels are forked on Linux only (this is {sys.platform})")
+    spec = kernel_spec(options.kernel_name)
+    argv0 = interpreter_of(list(spec.argv)) if spec.language.lower() == "python" else None
+    if argv0 is None:
+        raise KernelStartError(
+            f"the {options.kernel_name!r} kernel spec does not run ipykernel with a Python "
+            f"interpreter ({' '.join(spec.argv)}); forks need one"
+        )
+    if spec.interrupt_mode != "signal" or spec.env:
+        raise KernelStartError(
+            f"the {options.kernel_name!r} kernel spec sets an interrupt mode or environment of its "
+            "own, which forked kernels do not apply"
+        )
+    return argv0
 
-        return await GatewayKernel.start(options)
-    return await LocalKernel.start(
-        options.kernel_name,
-        cwd=options.cwd,
-        env=options.kernel_env(),
-        startup_timeout=options.startup_timeout,
-        max_processes=options.max_processes,
-    )
 
-
-async def prepare_kernel(kernel: KernelBackend, options: SessionOptions) -> None:
-    """Install kernelexec's in-kernel hooks (Python kernels), then run the startup code."""
+async def prepare_kernel(kernel: KernelBackend, options: SessionOptions, *, startup_code: bool = True) -> None:
+    """Install kernelexec's in-kernel hooks (Python kernels), then run the startup code (not in
+    a copy of a kernel that ran it already)."""
     if kernel.info.get("language_info", {}).get("name") == "python":
         try:
             await run_private(kernel, bootstrap_code(kernel, options), options, "kernelexec's in-kernel setup")
@@ -63,7 +125,7 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions) -> None
             raise KernelStartError(_memory_limit_too_small(options.memory_limit, error)) from error
     else:
         _refuse_unenforceable_limits(kernel, options)
-    if options.startup_code:
+    if options.startup_code and startup_code:
         await run_private(kernel, options.startup_code, options, "startup_code")
 
 

@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from ._collector import OutputCallback
@@ -17,6 +17,7 @@ from ._env import InheritEnv, kernel_environment
 from ._errors import InvalidArgument
 
 InputHandler = Callable[[str, bool], str]
+Launch = Literal["auto", "fork", "spawn"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -46,6 +47,9 @@ class SessionOptions:
     gateway_token: str | None = field(default=None, repr=False)
     gateway_headers: Mapping[str, str] | None = field(default=None, repr=False)
     gateway_validate_cert: bool = True
+    launcher: Launch = "auto"
+    keep_state_on_restart: bool = False
+    max_checkpoints: int = 16
 
     def __post_init__(self) -> None:
         if not isinstance(self.kernel_name, str) or not self.kernel_name:
@@ -86,6 +90,7 @@ class SessionOptions:
                 raise InvalidArgument(f"{name} must be callable or None, not {value!r}")
         self.kernel_env()  # validates inherit_env and env now, not at the first start
         _check_gateway(self)
+        _check_forks(self)
 
     def kernel_env(self) -> dict[str, str]:
         """The environment the kernel starts with (see ``kernel_environment``)."""
@@ -102,6 +107,7 @@ class SessionOptions:
             self.memory_limit, self.max_processes, self.max_output_bytes, self.gateway_url,
             self.gateway_token,
             tuple(sorted((self.gateway_headers or {}).items())), self.gateway_validate_cert,
+            self.launcher,
         )  # fmt: skip
 
 
@@ -159,6 +165,20 @@ def _check_seconds(name: str, value: object) -> None:
         or value <= 0
     ):
         raise InvalidArgument(f"{name} must be a positive number of seconds, not {value!r}")
+
+
+def _check_forks(options: SessionOptions) -> None:
+    if options.launcher not in ("auto", "fork", "spawn"):
+        raise InvalidArgument(f"launcher must be 'auto', 'fork' or 'spawn', not {options.launcher!r}")
+    if not isinstance(options.keep_state_on_restart, bool):
+        raise InvalidArgument("keep_state_on_restart must be True or False")
+    if not isinstance(options.max_checkpoints, int) or isinstance(options.max_checkpoints, bool) or options.max_checkpoints < 1:
+        raise InvalidArgument(f"max_checkpoints must be an int of at least 1, not {options.max_checkpoints!r}")
+    if options.gateway_url is not None and (options.launcher == "fork" or options.keep_state_on_restart):
+        raise InvalidArgument(
+            "gateway kernels cannot be forked: leave launcher and keep_state_on_restart at their "
+            "defaults with a gateway_url"
+        )
 
 
 def _check_gateway(options: SessionOptions) -> None:

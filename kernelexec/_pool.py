@@ -7,7 +7,7 @@ import logging
 from collections import deque
 
 from ._backend import KernelBackend
-from ._launch import launch_kernel
+from ._launch import Launcher
 from ._options import SessionOptions
 
 log = logging.getLogger("kernelexec")
@@ -24,6 +24,7 @@ class KernelPool:
     def __init__(self, options: SessionOptions, size: int) -> None:
         self.options = options
         self.size = size
+        self._launcher = Launcher(options)
         self._ready: deque[KernelBackend] = deque()
         self._starting: deque[asyncio.Task[KernelBackend]] = deque()
         self._closed = False
@@ -35,7 +36,7 @@ class KernelPool:
     def fill(self) -> None:
         """Start kernels in the background until ready + starting reaches ``size``."""
         while not self._closed and len(self._ready) + len(self._starting) < self.size:
-            task = asyncio.create_task(launch_kernel(self.options), name="kernelexec-pool-start")
+            task = asyncio.create_task(self._launcher.launch(), name="kernelexec-pool-start")
             self._starting.append(task)
             task.add_done_callback(self._on_started)
 
@@ -49,7 +50,7 @@ class KernelPool:
                 await kernel.shutdown(graceful=False)  # died while waiting in the pool
             if self._starting:
                 return await self._starting.popleft()  # claimed: _on_started leaves it alone
-            return await launch_kernel(self.options)
+            return await self._launcher.launch()
         finally:
             self.fill()
 
@@ -67,6 +68,7 @@ class KernelPool:
             await asyncio.wait(starting)
         # Those that started before the cancel reached them.
         await _shutdown_all([t.result() for t in starting if not t.cancelled() and t.exception() is None])
+        await self._launcher.close()
 
     def _on_started(self, task: asyncio.Task[KernelBackend]) -> None:
         # A task claimed by take() or close() is theirs, even if it finished before they claimed

@@ -21,7 +21,7 @@ from ._backend import KernelBackend
 from ._collector import OutputCallback
 from ._errors import KernelStartError, SessionClosed
 from ._execute import Call, Outcome, pump, result_of, run_request
-from ._launch import KernelSource, launch_kernel
+from ._launch import KernelSource, Launcher
 from ._loop import LoopLease
 from ._options import SessionOptions, check_timeout, session_options, with_options_signature
 from ._record import session_notebook, write_notebook
@@ -131,7 +131,8 @@ class AsyncSession(_SessionBase):
         self._state = SessionState()
         self._lock = asyncio.Lock()
         self._displays = hooks.displays
-        self._kernel_source: KernelSource = hooks.kernel_source or (lambda: launch_kernel(self._options))
+        self._launcher = Launcher(options)
+        self._kernel_source: KernelSource = hooks.kernel_source or self._launcher.launch
 
     async def __aenter__(self) -> AsyncSession:
         return await self.start()
@@ -199,8 +200,11 @@ class AsyncSession(_SessionBase):
             await state.kernel.shutdown()
         async with self._lock:
             kernel, state.kernel = state.kernel, None
-            if kernel is not None:
-                await kernel.shutdown()
+            try:
+                if kernel is not None:
+                    await kernel.shutdown()
+            finally:
+                await self._launcher.close()
 
     @property
     def is_running(self) -> bool:

@@ -28,10 +28,10 @@ class FakeKernel:
 
 
 def test_a_start_claimed_after_it_finished_but_before_its_callback_ran(monkeypatch, caplog):
-    async def launch(options: SessionOptions) -> FakeKernel:
+    async def launch(launcher: object) -> FakeKernel:
         return FakeKernel()
 
-    monkeypatch.setattr(_pool, "launch_kernel", launch)
+    monkeypatch.setattr(_pool.Launcher, "launch", launch)
 
     async def main() -> None:
         pool = KernelPool(SessionOptions(), 1)
@@ -48,7 +48,7 @@ def test_a_start_claimed_after_it_finished_but_before_its_callback_ran(monkeypat
 
 
 def test_close_cancelled_while_waiting_for_a_start_is_cancelled(monkeypatch):
-    async def slow_launch(options: SessionOptions) -> FakeKernel:
+    async def slow_launch(launcher: object) -> FakeKernel:
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -56,7 +56,7 @@ def test_close_cancelled_while_waiting_for_a_start_is_cancelled(monkeypatch):
             raise
         return FakeKernel()
 
-    monkeypatch.setattr(_pool, "launch_kernel", slow_launch)
+    monkeypatch.setattr(_pool.Launcher, "launch", slow_launch)
 
     async def main() -> None:
         pool = KernelPool(SessionOptions(), 1)

@@ -1,0 +1,179 @@
+"""Checkpoints: frozen copies of a kernel, made by fork(), that new kernels are forked from.
+
+``take_checkpoint`` asks a live kernel (a local Python kernel, spawned or forked) to make a copy
+of itself that serves the fork protocol (``_fork_side.checkpoint``); the copy is blocked in
+``poll()`` and uses no CPU while held. ``restore_kernel`` forks a kernel from it: a full kernel
+with the state the source had when the checkpoint was taken. A checkpoint is a process of ours:
+contained like a kernel (an owner-death watchdog), closed explicitly, by its session's
+``shutdown()``, or when its session holds more than ``max_checkpoints``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Coroutine
+from typing import Any, Callable, TypeVar
+
+from ._backend import KernelBackend
+from ._errors import ForkNotSupported, ForkWarning, KernelStartError
+from ._execute import DEADLINE, Call, pump
+from ._fork_client import FORK_SOURCE, ForkServer, runtime_path
+from ._forked_kernel import ForkedKernel
+from ._launch import prepare_kernel
+from ._options import SessionOptions
+from ._process_kernel import ProcessKernel
+from ._traceback import plain_traceback
+from ._watchdog import OwnerDeathWatchdog
+
+T = TypeVar("T")
+
+# Run in the kernel, silently, in a namespace of its own: the fork code is compiled once per kernel.
+_CHECKPOINT_CODE = """
+shell = __import__("IPython").get_ipython()
+fork = getattr(shell, "_kernelexec_fork", None)
+if fork is None:
+    fork = {"__name__": "__kernelexec_fork__"}
+    exec(compile(SOURCE, "<kernelexec-fork>", "exec"), fork)
+    shell._kernelexec_fork = fork
+fork["checkpoint"](PATH)
+"""
+
+
+class AsyncCheckpoint:
+    """A frozen copy of a session's kernel; ``await session.restore(cp)`` forks a kernel from it.
+
+    Close it with ``await cp.aclose()`` (or ``async with``); its session closes it at shutdown.
+    """
+
+    def __init__(self, server: ForkServer, execution_count: int, watchdog: OwnerDeathWatchdog | None,
+                 forget: Callable[[AsyncCheckpoint], None]) -> None:  # fmt: skip
+        self.server = server
+        self.execution_count = execution_count
+        self.created = time.time()
+        self._watchdog = watchdog
+        self._forget = forget
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        """The process holding the copy."""
+        return self.server.pid
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"pid={self.pid}"
+        return f"<{type(self).__name__} execution_count={self.execution_count} {state}>"
+
+    async def __aenter__(self) -> AsyncCheckpoint:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """End the copy's process (kernels restored from it live on)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._forget(self)
+        await self.server.close(stop_server=True)
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+
+
+class Checkpoint:
+    """The synchronous face of an ``AsyncCheckpoint`` (from ``Session.checkpoint()``).
+
+    >>> with s.checkpoint() as cp:
+    ...     s.execute("del data")
+    ...     s.restore(cp)
+    """
+
+    def __init__(self, checkpoint: AsyncCheckpoint, run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+        self.async_checkpoint = checkpoint
+        self._run = run
+
+    execution_count = property(lambda self: self.async_checkpoint.execution_count)
+    created = property(lambda self: self.async_checkpoint.created)
+    pid = property(lambda self: self.async_checkpoint.pid)
+    closed = property(lambda self: self.async_checkpoint.closed)
+
+    def __repr__(self) -> str:
+        return repr(self.async_checkpoint).replace("AsyncCheckpoint", "Checkpoint", 1)
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the copy's process (kernels restored from it live on)."""
+        if not self.closed:
+            self._run(self.async_checkpoint.aclose())
+
+
+def refuse_unforkable(kernel: KernelBackend) -> None:
+    """``ForkNotSupported`` unless ``kernel`` is a local Python kernel."""
+    if not isinstance(kernel, ProcessKernel):
+        raise ForkNotSupported(
+            "this session's kernel runs on a gateway: only local kernels can be forked or "
+            "checkpointed (start the session without gateway_url)"
+        )
+    language = kernel.info.get("language_info", {}).get("name", "unknown")
+    if language != "python":
+        raise ForkNotSupported(f"only Python kernels can be forked or checkpointed; this one is {language!r}")
+
+
+async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execution_count: int,
+                          forget: Callable[[AsyncCheckpoint], None]) -> AsyncCheckpoint:  # fmt: skip
+    """Make a frozen copy of ``kernel`` (idle); warns (``ForkWarning``) of threads it cannot copy."""
+    refuse_unforkable(kernel)
+    path = runtime_path("kx-cp-", ".sock")
+    code = _CHECKPOINT_CODE.replace("SOURCE", repr(FORK_SOURCE)).replace("PATH", repr(path))
+    private = f"exec(compile({code!r}, '<kernelexec>', 'exec'), {{'__name__': '__kernelexec__'}})"
+    answer = await _run_for_answer(kernel, private, options)
+    server = await ForkServer.connect(path, options.startup_timeout)
+    watchdog = OwnerDeathWatchdog.start(answer["pid"], [path], None)
+    if answer.get("threads"):
+        warnings.warn(ForkWarning(
+            f"threads {', '.join(map(repr, answer['threads']))} were running in the kernel; they do "
+            "not exist in its copies (only the thread that runs the code is copied)"
+        ), stacklevel=4)  # fmt: skip
+    return AsyncCheckpoint(server, execution_count, watchdog, forget)
+
+
+async def restore_kernel(checkpoint: AsyncCheckpoint, options: SessionOptions, witnesses: list[ForkServer]) -> ForkedKernel:
+    """A new kernel forked from ``checkpoint``, with kernelexec's hooks installed afresh."""
+    if checkpoint.closed:
+        raise KernelStartError(f"{checkpoint!r} is closed; take a new checkpoint")
+    kernel = await ForkedKernel.start(checkpoint.server, options, witnesses=witnesses)
+    try:
+        await prepare_kernel(kernel, options, startup_code=False)
+    except BaseException:
+        await kernel.shutdown(graceful=False)
+        raise
+    return kernel
+
+
+async def _run_for_answer(kernel: KernelBackend, code: str, options: SessionOptions) -> dict[str, Any]:
+    """Run the checkpoint code silently; its JSON answer is the last line it printed."""
+    call = Call.send(kernel, code, silent=True, max_output_bytes=options.max_output_bytes)
+    ended = await pump(call, time.monotonic() + options.startup_timeout)
+    if ended is DEADLINE:
+        raise KernelStartError(f"the checkpoint did not finish within {options.startup_timeout:g} s")
+    if ended is not None:
+        raise KernelStartError(f"the kernel died while making a checkpoint: {ended.describe()}")
+    reply = call.collector.reply or {}
+    if reply.get("status") != "ok":
+        traceback = plain_traceback(reply.get("traceback", [])) or reply.get("evalue", "")
+        raise KernelStartError(f"the kernel could not make a checkpoint:\n{traceback}")
+    lines = [line for node in call.collector.outputs() if node.get("name") == "stdout"
+             for line in node.text.splitlines() if line.startswith("{")]  # fmt: skip
+    return json.loads(lines[-1])
