@@ -46,10 +46,11 @@ def test_a_failing_cell_exits_1_with_its_traceback_and_the_notebook_up_to_it(tmp
     assert done.returncode == 1
     assert "cell 1 failed (error): KeyError: 'missing'" in done.stderr
     assert "----> 1 {}['missing']" in done.stderr
-    executed = nbformat.read(out, as_version=4)
-    assert executed.cells[0].outputs[0].text == "first\n"
-    assert executed.cells[1].outputs[0].ename == "KeyError"
-    assert executed.cells[2].execution_count is None
+    banner, first, anchor, failing, never = nbformat.read(out, as_version=4).cells
+    assert "In [2]" in banner.source and 'id="papermill-error-cell"' in anchor.source  # papermill's
+    assert first.outputs[0].text == "first\n"
+    assert failing.outputs[0].ename == "KeyError" and failing.metadata.papermill.status == "failed"
+    assert never.execution_count is None and never.metadata.papermill.status == "pending"
 
 
 def test_allow_errors_exits_0_and_keeps_going(tmp_path):
