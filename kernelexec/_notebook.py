@@ -66,6 +66,7 @@ class RunOptions:
             raise InvalidArgument(
                 f"allow_error_names must be a list of exception names such as ['KeyError'], not {names!r}"
             )
+        object.__setattr__(self, "allow_error_names", tuple(names))
         if not isinstance(self.skip_cells_with_tag, str):
             raise InvalidArgument(f"skip_cells_with_tag must be a tag (a str), not {self.skip_cells_with_tag!r}")
         every = self.autosave_cell_every
@@ -147,8 +148,9 @@ def run_notebook(
       is not a notebook raises ``InvalidNotebook`` saying why.
     - ``timeout``: seconds per cell (``None``: no limit), enforced by the session's ladder:
       interrupt, then restart if the kernel does not answer. A cell's own
-      ``metadata.execution.timeout`` wins, and ``timeout_func(cell)`` (nbclient's) wins over both;
-      ``None``, 0 or less from either means no limit for that cell.
+      ``metadata.execution.timeout`` (seconds, as a string to suit nbformat's schema, or a
+      number) wins, and ``timeout_func(cell)`` (nbclient's) wins over both; ``None``, 0 or less
+      from either means no limit for that cell.
     - ``allow_errors``: record a failing cell's error and go on. Otherwise the first failing cell
       raises ``CellExecutionError`` (cell index, ename, evalue, plain traceback), unless it is
       tagged ``raises-exception`` or its error is named in ``allow_error_names``. A cell tagged
@@ -172,7 +174,7 @@ def run_notebook(
     plan = _plan(nb_or_path, RunOptions(
         output_path=_path(output_path), timeout=timeout, allow_errors=allow_errors,
         parameters=parameters, kernel_name=kernel_name, cwd=_path(cwd), timeout_func=timeout_func,
-        skip_cells_with_tag=skip_cells_with_tag, allow_error_names=tuple(allow_error_names),
+        skip_cells_with_tag=skip_cells_with_tag, allow_error_names=allow_error_names,
         on_cell_start=on_cell_start, on_cell_executed=on_cell_executed, on_cell_error=on_cell_error,
         record_timing=record_timing, record_papermill=record_papermill,
         autosave_cell_every=autosave_cell_every,
@@ -209,7 +211,7 @@ async def async_run_notebook(
     plan = _plan(nb_or_path, RunOptions(
         output_path=_path(output_path), timeout=timeout, allow_errors=allow_errors,
         parameters=parameters, kernel_name=kernel_name, cwd=_path(cwd), timeout_func=timeout_func,
-        skip_cells_with_tag=skip_cells_with_tag, allow_error_names=tuple(allow_error_names),
+        skip_cells_with_tag=skip_cells_with_tag, allow_error_names=allow_error_names,
         on_cell_start=on_cell_start, on_cell_executed=on_cell_executed, on_cell_error=on_cell_error,
         record_timing=record_timing, record_papermill=record_papermill,
         autosave_cell_every=autosave_cell_every,
@@ -273,9 +275,15 @@ def _read(nb_or_path: NotebookSource) -> tuple[NotebookNode, str | None, str, st
 
 
 def _limit(seconds: object, where: str) -> float:
-    """A cell's time limit as the session takes it: ``math.inf`` for none."""
+    """A cell's time limit as the session takes it: ``math.inf`` for none. A string of a number
+    counts (nbformat's schema wants the values under ``metadata.execution`` to be strings)."""
     if seconds is None:
         return math.inf
+    if isinstance(seconds, str):
+        try:
+            seconds = float(seconds)
+        except ValueError:
+            pass
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or math.isnan(seconds):
         raise InvalidArgument(f"{where} must be a number of seconds or None, not {seconds!r}")
     return float(seconds) if seconds > 0 else math.inf

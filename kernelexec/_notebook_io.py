@@ -84,13 +84,35 @@ def notebook_from_mapping(content: Any, where: str) -> NotebookNode:
         nb = nbformat.versions[major].to_notebook_json(copy.deepcopy(dict(content)))
         if major != 4:
             nb = nbformat.convert(nb, 4)
-        nbformat.validate(nb)
     except Exception as error:  # nbformat raises many kinds (ValidationError, KeyError, TypeError)
         reason = getattr(error, "message", None) or str(error) or type(error).__name__
         if isinstance(error, (KeyError, AttributeError)):  # NotebookNode's missing attribute
             reason = f"a part of it lacks the key {reason}"
         raise InvalidNotebook(f"{where} is not a valid notebook: {_one_line(reason)}") from None
+    _check_cells(nb, where)
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as error:  # runnable all the same, as nbformat.read and nbclient find
+        log.warning("%s does not follow the notebook schema (%s); running it anyway", where, _one_line(error.message))
     return nb
+
+
+def _check_cells(nb: NotebookNode, where: str) -> None:
+    """What a run needs of each cell: a type and a source; a code cell's missing outputs (and any
+    cell's missing metadata) are filled in empty."""
+    if not isinstance(nb.get("cells"), list):
+        raise InvalidNotebook(f"{where} is not a valid notebook: its 'cells' is not a list")
+    for index, cell in enumerate(nb.cells):
+        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
+            raise InvalidNotebook(f"{where} is not a valid notebook: cell {index} has no code, markdown or raw cell_type")
+        if not isinstance(cell.get("source"), str):
+            raise InvalidNotebook(f"{where} is not a valid notebook: cell {index} has no source text")
+        if not isinstance(cell.get("metadata"), dict):
+            cell["metadata"] = NotebookNode()
+        if cell.cell_type == "code":
+            if not isinstance(cell.get("outputs"), list):
+                cell["outputs"] = []
+            cell.setdefault("execution_count", None)
 
 
 def write_notebook_atomically(nb: NotebookNode, path: str, *, validate: bool = True) -> None:

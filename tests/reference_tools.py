@@ -27,6 +27,9 @@ try:
     if tool == "nbclient":
         from nbclient import NotebookClient
 
+        limits = options.pop("timeout_by_tag", None)  # {tag: seconds}: a timeout_func
+        if limits is not None:
+            options["timeout_func"] = lambda cell: next((limits[t] for t in cell.metadata.get("tags", []) if t in limits), None)
         for name in options.pop("hooks", []):
             options[name] = (lambda name: lambda **kw: hooks.append([name, kw["cell_index"]]))(name)
         nb = nbformat.read(source, as_version=4)
