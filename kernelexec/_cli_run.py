@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
@@ -138,6 +139,9 @@ def _signals_stop_the_run() -> Iterator[None]:
             signal.signal(number, signal.SIG_IGN)
         raise Stopped(signum)
 
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        yield
+        return
     previous = {number: signal.signal(number, stop) for number in STOPPING_SIGNALS}
     try:
         yield

@@ -65,7 +65,8 @@ def notebook_from_text(text: str, where: str) -> NotebookNode:
 
 
 def notebook_from_mapping(content: Any, where: str) -> NotebookNode:
-    """A private, validated v4 copy of a notebook given as parsed JSON or a node."""
+    """A private v4 copy of a notebook given as parsed JSON or a node, checked for what a run
+    needs (a schema violation that does not stop a run is logged, not raised)."""
     if not isinstance(content, Mapping):
         raise InvalidNotebook(f"{where} is not a notebook: JSON {type(content).__name__}, not an object")
     version = content.get("nbformat")
@@ -93,7 +94,8 @@ def notebook_from_mapping(content: Any, where: str) -> NotebookNode:
     try:
         nbformat.validate(nb)
     except nbformat.ValidationError as error:  # runnable all the same, as nbformat.read and nbclient find
-        log.warning("%s does not follow the notebook schema (%s); running it anyway", where, _one_line(error.message))
+        reason = _one_line(error.message)
+        log.warning("%s does not follow the notebook schema (%s); running it anyway", where, reason)
     return nb
 
 
@@ -104,7 +106,9 @@ def _check_cells(nb: NotebookNode, where: str) -> None:
         raise InvalidNotebook(f"{where} is not a valid notebook: its 'cells' is not a list")
     for index, cell in enumerate(nb.cells):
         if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
-            raise InvalidNotebook(f"{where} is not a valid notebook: cell {index} has no code, markdown or raw cell_type")
+            raise InvalidNotebook(
+                f"{where} is not a valid notebook: cell {index} has no code, markdown or raw cell_type"
+            )
         if not isinstance(cell.get("source"), str):
             raise InvalidNotebook(f"{where} is not a valid notebook: cell {index} has no source text")
         if not isinstance(cell.get("metadata"), dict):
