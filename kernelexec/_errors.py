@@ -12,7 +12,8 @@ machinery or the caller's own request::
     ├── ExecutionFailed       raise_for_error() on a result that is not ok
     │   └── CellExecutionError  a notebook cell failed during run_notebook
     ├── ForkNotSupported      fork()/checkpoint() of a kernel that cannot be copied (gateway, not Python)
-    └── (ValueError)          InvalidArgument: an option has a value that cannot work
+    ├── (ValueError)          InvalidArgument: an option has a value that cannot work
+    └── (ValueError)          InvalidNotebook: a file or node given as a notebook is not one
 
 Every message says what happened and what to do next. ``ForkWarning`` (a ``UserWarning``) says what
 a copy of a kernel lacks (threads other than the one running the code).
@@ -32,6 +33,10 @@ class KernelexecError(Exception):
 
 class InvalidArgument(KernelexecError, ValueError):
     """An argument has a value kernelexec cannot work with (e.g. a negative timeout)."""
+
+
+class InvalidNotebook(KernelexecError, ValueError):
+    """What was given as a notebook is not one (not JSON, not a notebook, or invalid nbformat)."""
 
 
 class KernelStartError(KernelexecError):

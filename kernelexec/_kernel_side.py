@@ -17,7 +17,8 @@ What it installs:
   wrote it, in order with the rest of its output; the streams get a ``buffer`` for code that
   writes bytes.
 - Limits and exits: the session's memory and process limits, ``os._exit`` sending pending output
-  first, and ``exit()``/``quit()`` leaving the session's kernel alone.
+  first, ``exit()``/``quit()`` leaving the session's kernel alone, and ``SystemExit`` without
+  IPython's "To exit: use 'exit'..." warning.
 """
 
 import os
@@ -654,6 +655,16 @@ def _keep_kernel_on_exit(shell):
     shell.ask_exit = ask_exit
 
 
+def _quiet_system_exit():
+    """IPython follows a ``SystemExit`` with ``UserWarning: To exit: use 'exit', 'quit', or
+    Ctrl-D.``, advice for a terminal user; in a session the error output says it all."""
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", message="To exit: use 'exit', 'quit', or Ctrl-D", category=UserWarning
+    )
+
+
 def _flush_output_before_hard_exit():
     """``os._exit`` skips every flush: send pending output first, so the client gets it."""
     import time
@@ -772,6 +783,7 @@ def install(
     _InterruptDelivery.install(shell)
     _flush_output_before_hard_exit()
     _keep_kernel_on_exit(shell)
+    _quiet_system_exit()
     if max_bundle_chars:
         _drop_huge_displays(shell, max_bundle_chars)
     streams = [stream for stream in (sys.stdout, sys.stderr) if hasattr(stream, "register_hook")]

@@ -7,6 +7,7 @@ values under ``papermill.parameters``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +42,51 @@ def python_assignments(parameters: Mapping[str, Any]) -> str:
             raise InvalidArgument(f"parameter name {name!r} is not a Python identifier")
         lines.append(f"{name} = {_python_literal(name, value)}")
     return "\n".join(lines) + "\n"
+
+
+def read_parameters_file(path: str) -> dict[str, Any]:
+    """Parameters from a YAML or JSON file of ``name: value`` pairs, as papermill's ``-f`` reads it
+    (YAML dates stay strings). YAML needs pyyaml; without it the file must be JSON."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise InvalidArgument(f"cannot read parameters file {path!r}: {reason}") from None
+    try:
+        import yaml
+    except ImportError:
+        try:
+            values = json.loads(text) if text.strip() else None
+        except ValueError as error:
+            raise InvalidArgument(
+                f"parameters file {path!r} is not JSON ({error}); for YAML, pip install pyyaml"
+            ) from None
+    else:
+        try:
+            values = yaml.load(text, Loader=_no_dates_loader(yaml))
+        except yaml.YAMLError as error:
+            problem = " ".join(str(error).split())
+            raise InvalidArgument(f"parameters file {path!r} is not YAML or JSON: {problem}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InvalidArgument(
+            f"parameters file {path!r} must hold name: value pairs, not a {type(values).__name__}"
+        )
+    return values
+
+
+def _no_dates_loader(yaml: Any) -> Any:
+    """PyYAML's safe loader less its timestamp rule, as papermill's ``NoDatesSafeLoader``."""
+
+    class NoDatesSafeLoader(yaml.SafeLoader):  # type: ignore[misc, name-defined]
+        yaml_implicit_resolvers = {
+            key: [rule for rule in rules if rule[0] != "tag:yaml.org,2002:timestamp"]
+            for key, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+
+    return NoDatesSafeLoader
 
 
 def parse_cli_value(text: str) -> Any:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from typing import Protocol, TextIO
 
 from tqdm import tqdm
 
+from ._record import is_clean_exit
 from ._result import ExecutionResult
 
 
@@ -69,11 +71,18 @@ class _Bar(tqdm):  # type: ignore[type-arg]
 
 
 class BarProgress:
-    """A tqdm progress bar showing the running cell; failed cells get a line above the bar."""
+    """A tqdm progress bar showing the running cell; failed cells get a line above the bar.
+
+    While a cell runs the bar is redrawn every ``TICK_SECONDS`` by a timer on the event loop
+    the run is on, so its elapsed time moves during a long cell (no thread of its own).
+    """
+
+    TICK_SECONDS = 1.0
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._bar: _Bar | None = None
+        self._ticker: asyncio.TimerHandle | None = None
 
     def start(self, name: str, total: int) -> None:
         self._bar = _Bar(total=total, desc=name, unit="cell", file=self._stream, dynamic_ncols=True)
@@ -82,8 +91,10 @@ class BarProgress:
         if self._bar is not None:
             first_line = source.strip().splitlines()[0] if source.strip() else ""
             self._bar.set_postfix_str(f"cell {index}: {first_line[:40]}")
+            self._tick_later()
 
     def cell_finished(self, index: int, result: ExecutionResult) -> None:
+        self._stop_ticking()
         if self._bar is None:
             return
         if not result.ok:
@@ -91,9 +102,27 @@ class BarProgress:
         self._bar.update(1)
 
     def close(self) -> None:
+        self._stop_ticking()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def _tick_later(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven from outside an event loop: the bar moves per cell only
+            return
+        self._ticker = loop.call_later(self.TICK_SECONDS, self._tick)
+
+    def _tick(self) -> None:
+        if self._bar is not None:
+            self._bar.refresh()
+            self._tick_later()
+
+    def _stop_ticking(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
 
 def cell_status(result: ExecutionResult) -> str:
@@ -101,7 +130,8 @@ def cell_status(result: ExecutionResult) -> str:
     if result.ok:
         return f"ok in {result.exec_time:.2f} s"
     headline = f": {result.error.headline}" if result.error is not None else ""
-    return f"{result.status}{headline} (after {result.exec_time:.2f} s)"
+    status = "ended the run" if is_clean_exit(result) else result.status
+    return f"{status}{headline} (after {result.exec_time:.2f} s)"
 
 
 def make_progress(progress: bool | Progress) -> Progress:

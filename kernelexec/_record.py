@@ -21,19 +21,36 @@ from ._result import ExecutionResult
 def cell_outputs(result: ExecutionResult) -> list[NotebookNode]:
     """The outputs a cell shows for ``result``.
 
-    When the call failed without an error output from the kernel (a kernel that died, or a
-    timeout ended by a restart) an error output saying so is added, so the notebook shows why
-    the cell stopped.
+    When the call ended without the kernel's own word on it (the kernel died, a timeout, an
+    interrupt before the code ran) and no error output arrived, an error output saying so is
+    added, so the notebook shows why the cell stopped. A call the kernel answered with an
+    error (status ``"error"``) shows what the kernel sent and nothing more: a line magic's
+    ``UsageError``, for one, is a line on stderr, as under nbclient.
     """
     outputs = list(result.outputs)
     error = result.error
-    if error is not None and not any(output.output_type == "error" for output in outputs):
+    if (
+        result.status != "error"
+        and error is not None
+        and not any(output.output_type == "error" for output in outputs)
+    ):
         outputs.append(
             nbformat.v4.new_output(
                 "error", ename=error.ename, evalue=error.evalue, traceback=list(error.traceback)
             )
         )
     return outputs
+
+
+def is_clean_exit(result: ExecutionResult) -> bool:
+    """The code raised ``SystemExit`` with a status Python counts as success (none, 0, None)."""
+    error = result.error
+    return (
+        result.status == "error"
+        and error is not None
+        and error.ename == "SystemExit"
+        and error.evalue in ("", "0", "None")
+    )
 
 
 def status_metadata(result: ExecutionResult) -> dict[str, Any]:
@@ -61,11 +78,19 @@ def session_notebook(
     return nb
 
 
-def fill_code_cell(cell: NotebookNode, result: ExecutionResult, execution_count: int | None) -> None:
-    """Give a code cell a call's outputs, execution count and timing, as nbclient writes them."""
+def fill_code_cell(
+    cell: NotebookNode, result: ExecutionResult, execution_count: int | None, *, record_timing: bool = True
+) -> None:
+    """Give a code cell a call's outputs, execution count and timing, as nbclient writes them.
+
+    The timing replaces the cell's ``metadata.execution``, except its ``timeout`` (the cell's
+    own time limit, which a later run reads again).
+    """
     cell.execution_count = execution_count
     cell.outputs = cell_outputs(result)
-    cell.metadata["execution"] = dict(result.timing)
+    if record_timing:
+        kept = {k: v for k, v in cell.metadata.get("execution", {}).items() if k == "timeout"}
+        cell.metadata["execution"] = {**kept, **result.timing}
 
 
 def notebook_metadata(kernel_name: str, kernel_info: dict[str, Any]) -> dict[str, Any]:

@@ -24,12 +24,14 @@ import shutil
 import nbformat
 import pytest
 from nbcompare import cleaned, differences
+from reference_tools import run_reference
 
 import kernelexec as kx
 
 pytestmark = pytest.mark.timeout(60)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance", "nbclient")
+PAPERMILL = os.path.join(os.path.dirname(SOURCE), "papermill")
 TERMINAL = {"COLUMNS": "80", "LINES": "24"}  # as nbclient's tests run them: stable tracebacks
 
 COMPARED = {
@@ -98,3 +100,17 @@ def test_a_kernel_that_kills_itself_fails_the_run_with_status_died(files, tmp_pa
     assert "SIGTERM" in caught.value.evalue
     (cell,) = nbformat.read(out, as_version=4).cells
     assert cell.outputs[-1].output_type == "error" and cell.outputs[-1].ename == "KernelDied"
+
+
+def test_a_line_magic_usage_error_shows_what_nbclient_shows(tmp_path):
+    """IPython reports a UsageError as a line on stderr and an error reply, with no error output:
+    the cell must not get one made up (it used to, with an empty traceback)."""
+    path = os.path.join(PAPERMILL, "line_magic_error.ipynb")
+    reference = run_reference("nbclient", path, str(tmp_path / "nbclient.ipynb"))
+    assert reference.error["ename"] == "UsageError"
+    with pytest.raises(kx.CellExecutionError) as caught:
+        kx.run_notebook(path, output_path=tmp_path / "out.ipynb")
+    assert (caught.value.cell_index, caught.value.ename) == (0, "UsageError")
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert [(o.output_type, o.name) for o in executed.cells[0].outputs] == [("stream", "stderr")]
+    assert differences(reference.nb, executed) == []

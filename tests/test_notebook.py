@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import kernelexec as kx
-from kernelexec._progress import LineProgress
+from kernelexec._progress import BarProgress, LineProgress
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -147,3 +148,86 @@ def test_an_unwritable_output_path_fails_before_any_cell_runs(tmp_path):
     with pytest.raises(kx.InvalidArgument, match="output_path"):
         kx.run_notebook(nb, output_path=tmp_path / "missing" / "out.ipynb")
     assert not marker.exists()
+
+
+NOT_NOTEBOOKS = {
+    "README.md": b"# A title\n\nSome text.\n",
+    "script.py": b"print('hello')\n",
+    "empty.ipynb": b"",
+    "other.json": b'{"a": 1}',
+    "list.ipynb": b"[1, 2]",
+    "random.ipynb": bytes(range(128, 256)) * 4,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_NOTEBOOKS))
+def test_a_file_that_is_not_a_notebook_raises_invalid_notebook_saying_why(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(NOT_NOTEBOOKS[name])
+    with pytest.raises(kx.InvalidNotebook) as caught:
+        kx.run_notebook(path)
+    message = str(caught.value)
+    assert isinstance(caught.value, kx.KernelexecError) and repr(str(path)) in message
+    assert "\n" not in message and ("not a notebook" in message or "not a valid notebook" in message)
+
+
+def test_a_mapping_that_is_not_a_notebook_raises_invalid_notebook():
+    with pytest.raises(kx.InvalidNotebook, match="no 'nbformat' or 'cells' key"):
+        kx.run_notebook({"a": 1})
+
+
+def test_sys_exit_0_ends_the_run_cleanly_without_ipythons_advice(tmp_path):
+    out = tmp_path / "out.ipynb"
+    executed = kx.run_notebook(notebook("print('before')", "import sys; sys.exit(0)", "print('never')"), output_path=out)
+    assert executed.cells[1].outputs[0].ename == "SystemExit"
+    assert executed.cells[2].outputs == [] and executed.cells[2].execution_count is None
+    assert "To exit: use" not in str(executed.cells[1].outputs)  # IPython's terminal advice
+    assert nbformat.read(out, as_version=4) == executed
+
+
+@pytest.mark.parametrize("code", ["raise SystemExit", "import sys; sys.exit()", "raise SystemExit(None)"])
+def test_every_successful_system_exit_ends_the_run(code):
+    executed = kx.run_notebook(notebook(code, "print('never')"))
+    assert executed.cells[1].execution_count is None
+
+
+def test_a_non_zero_sys_exit_is_an_error():
+    with pytest.raises(kx.CellExecutionError) as caught:
+        kx.run_notebook(notebook("import sys; sys.exit(3)", "print('never')"))
+    assert (caught.value.ename, caught.value.evalue) == ("SystemExit", "3")
+    assert "To exit: use" not in caught.value.result.stderr
+
+
+def test_a_cancelled_run_writes_the_running_cells_outputs_so_far(tmp_path):
+    out = tmp_path / "out.ipynb"
+    loop = "import time\nfor i in range(60):\n    print(i, flush=True)\n    time.sleep(0.5)"
+    nb = notebook("print('done')", loop, "print('never')")
+
+    async def main() -> None:
+        printed = asyncio.Event()
+
+        def on_output(node):  # a session option: run_notebook's own collection runs too
+            if "2\n" in node.get("text", ""):
+                printed.set()
+
+        run = asyncio.create_task(kx.async_run_notebook(nb, output_path=out, on_output=on_output))
+        await asyncio.wait_for(printed.wait(), 30)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(main())
+    written = nbformat.read(out, as_version=4)
+    assert texts(written.cells[0]) == ["done\n"]
+    assert written.cells[1].outputs[0].text.startswith("0\n1\n2\n")
+    assert written.cells[1].execution_count == 2 and written.cells[2].execution_count is None
+
+
+def test_the_progress_bar_ticks_during_a_long_cell():
+    stream = io.StringIO()
+    kx.run_notebook(notebook("import time\ntime.sleep(4.5)"), progress=BarProgress(stream))
+    # The elapsed time of each drawing of the bar while the cell ran (its postfix names the cell).
+    drawn = re.findall(r"\[(\d\d):(\d\d)<[^\]]*cell 0:", stream.getvalue())
+    seconds = {int(minutes) * 60 + int(secs) for minutes, secs in drawn}
+    # Without ticks the bar is drawn as the cell starts and as it ends: two values, 4 s apart.
+    assert len(seconds) >= 3, stream.getvalue()

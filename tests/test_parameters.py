@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import kernelexec as kx
-from kernelexec._parameters import inject_parameters, parse_cli_value, python_assignments
+from kernelexec._parameters import inject_parameters, parse_cli_value, python_assignments, read_parameters_file
 
 
 def notebook(*cells) -> nbformat.NotebookNode:
@@ -74,3 +76,30 @@ def test_bad_names_and_values_are_refused_with_a_reason(parameters):
 )
 def test_cli_values_are_read_as_papermill_reads_them(text, value):
     assert parse_cli_value(text) == value and type(parse_cli_value(text)) is type(value)
+
+
+def test_a_parameters_file_is_yaml_or_json_and_yaml_dates_stay_strings(tmp_path):
+    (tmp_path / "p.yaml").write_text("rate: 0.5\nwhen: 2024-05-01\nnames: [a, b]\n")
+    (tmp_path / "p.json").write_text('{"rate": 1, "nested": {"k": null}}')
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_parameters_file(str(tmp_path / "p.yaml")) == {"rate": 0.5, "when": "2024-05-01", "names": ["a", "b"]}
+    assert read_parameters_file(str(tmp_path / "p.json")) == {"rate": 1, "nested": {"k": None}}
+    assert read_parameters_file(str(tmp_path / "empty.yaml")) == {}
+
+
+def test_without_pyyaml_a_parameters_file_must_be_json(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml raises ImportError
+    (tmp_path / "p.json").write_text('{"n": 2}')
+    (tmp_path / "p.yaml").write_text("n: 2\n")
+    assert read_parameters_file(str(tmp_path / "p.json")) == {"n": 2}
+    with pytest.raises(kx.InvalidArgument, match="pip install pyyaml"):
+        read_parameters_file(str(tmp_path / "p.yaml"))
+
+
+@pytest.mark.parametrize(("text", "message"), [("- 1\n", "not a list"), ("a: [\n", "not YAML or JSON")])
+def test_a_bad_parameters_file_is_an_invalid_argument(tmp_path, text, message):
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(kx.InvalidArgument, match=message):
+        read_parameters_file(str(tmp_path / "p.yaml"))
+    with pytest.raises(kx.InvalidArgument, match="cannot read"):
+        read_parameters_file(str(tmp_path / "missing.yaml"))

@@ -63,6 +63,15 @@ def test_a_call_ended_by_a_restart_is_recorded_with_an_error_output():
     nbformat.validate(nb)
 
 
+def test_an_error_the_kernel_answered_is_recorded_with_only_what_the_kernel_sent():
+    with kx.Session(timeout=30) as s:
+        result = s.execute("%undefined-line-magic")
+        nb = s.notebook
+    assert result.status == "error" and result.error.ename == "UsageError"
+    (output,) = nb.cells[0].outputs  # the kernel's stderr line, no error output made up
+    assert output.name == "stderr" and "UsageError" in output.text
+
+
 def test_the_notebook_is_a_copy_that_changes_nothing_in_the_history():
     with kx.Session(timeout=30) as s:
         s.execute("print('a')")
