@@ -177,3 +177,57 @@ async def _run_for_answer(kernel: KernelBackend, code: str, options: SessionOpti
     lines = [line for node in call.collector.outputs() if node.get("name") == "stdout"
              for line in node.text.splitlines() if line.startswith("{")]  # fmt: skip
     return json.loads(lines[-1])
+
+
+class SessionCheckpoints:
+    """A session's checkpoints: the open ones (at most ``max_checkpoints``, oldest closed first),
+    and the one ``keep_state_on_restart`` keeps of the state before the call in flight."""
+
+    def __init__(self, options: SessionOptions) -> None:
+        self._options = options
+        self.open: list[AsyncCheckpoint] = []
+        self._before_call: AsyncCheckpoint | None = None  # the state now, while it is not stale
+        self._discard: list[AsyncCheckpoint] = []
+
+    async def take(self, kernel: KernelBackend, execution_count: int) -> AsyncCheckpoint:
+        checkpoint = await take_checkpoint(kernel, self._options, execution_count, self._forget)
+        self.open.append(checkpoint)
+        while len(self.open) > self._options.max_checkpoints:
+            oldest = self.open[0]
+            warnings.warn(
+                f"closing the oldest checkpoint ({oldest!r}): the session holds at most "
+                f"max_checkpoints={self._options.max_checkpoints}", ResourceWarning, stacklevel=3,
+            )  # fmt: skip
+            await oldest.aclose()
+        return checkpoint
+
+    async def before_call(self, kernel: KernelBackend, execution_count: int) -> None:
+        """Keep a copy of the state before a call, unless the one kept is still that state."""
+        if self._before_call is not None and not self._before_call.closed:
+            return
+        self._before_call = await take_checkpoint(kernel, self._options, execution_count, lambda _: None)
+
+    def state_changed(self) -> None:
+        """The kernel ran code (or is new): the copy kept is of an older state."""
+        stale, self._before_call = self._before_call, None
+        if stale is not None:
+            self._discard.append(stale)
+
+    @property
+    def before_call_copy(self) -> AsyncCheckpoint | None:
+        return self._before_call
+
+    async def close_stale(self) -> None:
+        stale, self._discard = self._discard, []
+        for checkpoint in stale:
+            await checkpoint.aclose()
+
+    async def close_all(self) -> None:
+        self.state_changed()
+        for checkpoint in list(self.open):
+            await checkpoint.aclose()
+        await self.close_stale()
+
+    def _forget(self, checkpoint: AsyncCheckpoint) -> None:
+        if checkpoint in self.open:
+            self.open.remove(checkpoint)

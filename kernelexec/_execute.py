@@ -208,12 +208,13 @@ async def _interrupt_quietly(kernel: KernelBackend) -> None:
 
 
 def result_of(
-    outcome: Outcome, code: str, *, restarted: bool, closed: bool, output_path: str | None
+    outcome: Outcome, code: str, *, restarted: bool, closed: bool, output_path: str | None,
+    state_restored: bool = False,
 ) -> ExecutionResult:
     """The ``ExecutionResult`` of a finished request."""
     collector = outcome.call.collector
     reply = collector.reply or {}
-    status, error = _status(outcome, reply, restarted, closed)
+    status, error = _status(outcome, reply, restarted, closed, state_restored)
     count = reply.get("execution_count")
     return ExecutionResult(
         status=status,
@@ -223,6 +224,7 @@ def result_of(
         execution_count=count if isinstance(count, int) else None,
         time_limit=outcome.time_limit,
         restarted=restarted,
+        state_restored=state_restored,
         truncated_bytes=collector.truncated_bytes,
         output_path=output_path,
         code=code,
@@ -230,13 +232,15 @@ def result_of(
     )
 
 
-def _status(outcome: Outcome, reply: dict[str, Any], restarted: bool, closed: bool) -> tuple[Status, ErrorInfo | None]:
+def _status(
+    outcome: Outcome, reply: dict[str, Any], restarted: bool, closed: bool, state_restored: bool
+) -> tuple[Status, ErrorInfo | None]:
     """The status of a finished call and the error that explains it."""
     call = outcome.call
     payload = error_payload(reply.get("payload", []))
     frames = list(frames_from_payload(payload))
     if outcome.death is not None:
-        return "died", _died(outcome.death, restarted, closed)
+        return "died", _died(outcome.death, restarted, closed, state_restored)
     traceback = list(reply.get("traceback", []))
     if call.timed_out:
         limit = humanize.naturaldelta(outcome.time_limit)
@@ -260,11 +264,15 @@ def _status(outcome: Outcome, reply: dict[str, Any], restarted: bool, closed: bo
     return "error", error
 
 
-def _died(death: KernelDeath, restarted: bool, closed: bool) -> ErrorInfo:
+def _died(death: KernelDeath, restarted: bool, closed: bool, state_restored: bool) -> ErrorInfo:
     if closed:
-        fate = "the session was shut down"
+        fate = "the session was shut down and its state is lost"
+    elif state_restored:
+        fate = "the kernel was restarted with its state as it was before this call"
+    elif restarted:
+        fate = "the kernel was restarted and its state is lost"
     else:
-        fate = "the kernel was restarted" if restarted else "no new kernel could be started yet"
-    evalue = f"{death.describe()} during this call; {fate} and its state is lost"
+        fate = "no new kernel could be started yet and its state is lost"
+    evalue = f"{death.describe()} during this call; {fate}"
     detail = death.detail.splitlines()[-20:] if death.detail else []
     return ErrorInfo("KernelDied", evalue, detail)

@@ -179,6 +179,11 @@ class Template:
         template._holders += 1
         return template
 
+    def hold(self) -> Template:
+        """One more holder of this (running) template."""
+        self._holders += 1
+        return self
+
     async def release(self) -> None:
         self._holders -= 1
         if self._holders > 0:

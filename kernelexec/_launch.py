@@ -79,6 +79,17 @@ class Launcher:
         """The template this launcher forks from, if any: it reaps its kernels' orphans."""
         return self._template.server if self._template is not None else None
 
+    def witnesses(self) -> list[ForkServer]:
+        """Servers that may report the exit of kernels copied from ours (the template reaps
+        the orphans of its kernels' descendants)."""
+        server = self.template_server
+        return [server] if server is not None else []
+
+    def share_template(self, other: Launcher) -> None:
+        """Hold ``other``'s template too (a fork's kernels descend from it)."""
+        if other._template is not None and self._template is None and other._template.alive:
+            self._template = other._template.hold()
+
     async def close(self) -> None:
         """Let go of the template (it stops with its last holder)."""
         template, self._template = self._template, None
@@ -90,7 +101,7 @@ class Launcher:
             await self.close()
             argv0 = fork_interpreter(self.options)
             self._template = await Template.acquire(argv0, self.options.kernel_env(), self.options.startup_timeout)
-        return await ForkedKernel.start(self._template.server, self.options, witnesses=[])
+        return await ForkedKernel.start(self._template.server, self.options, witnesses=self.witnesses()[1:])
 
 
 def fork_interpreter(options: SessionOptions) -> str:

@@ -120,6 +120,12 @@ class LoopLease:
         """The loop of the thread held now, if any."""
         return self._thread.loop if self._thread is not None else None
 
+    def hold(self) -> None:
+        """Take the loop thread now (given back as usual, after a call, once ``keep()`` is false)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = LoopThread.acquire()
+
     def run(self, coroutine: Coroutine[Any, Any, T], *, closing: bool = False) -> T:
         """Run ``coroutine`` on the loop thread, taking it if needed. ``closing`` lets the
         owner's own close run (once) even when no thread is held."""

@@ -68,6 +68,8 @@ class ExecutionResult:
     execution_count: int | None
     time_limit: float
     restarted: bool = False
+    # After a restart, the state was restored from before this call (keep_state_on_restart).
+    state_restored: bool = False
     truncated_bytes: int = 0
     output_path: str | None = None
     code: str = ""
@@ -161,11 +163,13 @@ class ExecutionResult:
         limit = humanize.naturaldelta(self.time_limit)
         lines = []
         if self.status == "timeout":
-            fate = (
-                "the kernel did not respond to the interrupt and was restarted; its state is lost"
-                if self.restarted
-                else "the code was interrupted; the kernel's state is kept"
-            )
+            if self.state_restored:
+                fate = ("the kernel did not respond to the interrupt and was restarted; its state "
+                        "is as it was before this call")  # fmt: skip
+            elif self.restarted:
+                fate = "the kernel did not respond to the interrupt and was restarted; its state is lost"
+            else:
+                fate = "the code was interrupted; the kernel's state is kept"
             lines.append(f"TimeoutError: Execution exceeded the time limit of {limit} ({fate}).")
         elif self.status == "died" and self.error is not None:
             lines.append(self.error.headline)

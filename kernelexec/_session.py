@@ -9,15 +9,17 @@ is the same object seen through a lease on the shared event-loop thread, one lin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from nbformat import NotebookNode
 
 from ._backend import KernelBackend
+from ._checkpoints import AsyncCheckpoint, Checkpoint, SessionCheckpoints, restore_kernel, take_checkpoint
 from ._collector import OutputCallback
 from ._errors import KernelStartError, SessionClosed
 from ._execute import Call, Outcome, pump, result_of, run_request
@@ -133,6 +135,7 @@ class AsyncSession(_SessionBase):
         self._displays = hooks.displays
         self._launcher = Launcher(options)
         self._kernel_source: KernelSource = hooks.kernel_source or self._launcher.launch
+        self._checkpoints = SessionCheckpoints(options)
 
     async def __aenter__(self) -> AsyncSession:
         return await self.start()
@@ -161,6 +164,8 @@ class AsyncSession(_SessionBase):
         async with self._lock:
             kernel = await self._ensure_kernel()
             await self._finish_abandoned(kernel)
+            if self._options.keep_state_on_restart:
+                await self._checkpoints.before_call(kernel, self._state.execution_count)
             result = await self._run(kernel, code, time_limit, on_output or self._options.on_output)
             self._state.record(code, result)
             return result
@@ -188,6 +193,7 @@ class AsyncSession(_SessionBase):
             if busy_kernel is None or state.kernel is busy_kernel or state.kernel is None:
                 await self._replace_kernel(graceful=busy_kernel is None, raise_start_error=True)
                 state.counts["restarts"] += 1
+                self._checkpoints.state_changed()
             # else the call we ended has replaced the kernel (and counted the restart)
 
     async def shutdown(self) -> None:
@@ -204,6 +210,7 @@ class AsyncSession(_SessionBase):
                 if kernel is not None:
                     await kernel.shutdown()
             finally:
+                await self._checkpoints.close_all()
                 await self._launcher.close()
 
     @property
@@ -214,6 +221,81 @@ class AsyncSession(_SessionBase):
     def raise_if_closed(self) -> None:
         """Raise ``SessionClosed`` if the session was shut down."""
         self._raise_if_closed()
+
+    # Copies of the kernel: checkpoints and forks (see _checkpoints)
+
+    @property
+    def checkpoints(self) -> list[AsyncCheckpoint]:
+        """The checkpoints of this session that are open, oldest first."""
+        return list(self._checkpoints.open)
+
+    async def checkpoint(self, *, timeout: float | None = None) -> AsyncCheckpoint:
+        """A frozen copy of the kernel's state now, to ``restore()`` any number of times.
+
+        Waits for a running call to end (at most ``timeout``). Local Python kernels only
+        (``ForkNotSupported`` otherwise); ``ForkWarning`` names threads the copy does not have.
+        """
+        async with self._locked(timeout):
+            kernel = await self._ensure_kernel()
+            return await self._checkpoints.take(kernel, self._state.execution_count)
+
+    async def restore(self, checkpoint: AsyncCheckpoint | Checkpoint, *, timeout: float | None = None) -> None:
+        """Replace the kernel with a copy of ``checkpoint`` (this session's, or its fork's)."""
+        copy = checkpoint.async_checkpoint if isinstance(checkpoint, Checkpoint) else checkpoint
+        async with self._locked(timeout):
+            self._raise_if_closed()
+            kernel = await restore_kernel(copy, self._options, self._launcher.witnesses())
+            await self._swap_kernel(kernel, copy.execution_count)
+            self._checkpoints.state_changed()
+
+    async def fork(self, *, timeout: float | None = None) -> AsyncSession:
+        """A new, started session with a copy of this one's kernel: the same options, variables,
+        imports, working directory and execution count; independent from here on."""
+        async with self._locked(timeout):
+            source = await self._ensure_kernel()
+            count = self._state.execution_count
+            copy = await take_checkpoint(source, self._options, count, lambda _: None)
+            try:
+                kernel = await restore_kernel(copy, self._options, self._launcher.witnesses())
+            finally:
+                await copy.aclose()
+        child = AsyncSession.from_options(self._options)
+        child._launcher.share_template(self._launcher)
+        await child._swap_kernel(kernel, count)
+        return child
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, timeout: float | None) -> AsyncIterator[None]:
+        """The session's lock, waiting for a running call at most ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the session was still running a call after {timeout:g} s") from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    async def _swap_kernel(self, kernel: KernelBackend, execution_count: int) -> None:
+        state = self._state
+        old, state.kernel, state.abandoned = state.kernel, kernel, None
+        state.execution_count, state.kernel_info = execution_count, kernel.info
+        state.settle()
+        if old is not None:
+            await old.shutdown(graceful=False)
+
+    async def _restore_state_before(self, call: Call) -> bool:
+        """After a call that needs a restart: resume from the copy kept before it, if any."""
+        copy = self._checkpoints.before_call_copy
+        if copy is None or self._state.closed:
+            return False
+        try:
+            kernel = await restore_kernel(copy, self._options, self._launcher.witnesses())
+        except KernelStartError:
+            log.exception("could not restore the state from before the call; starting afresh")
+            return False
+        await self._swap_kernel(kernel, copy.execution_count)
+        return True
 
     # The kernel's lifetime
 
@@ -298,12 +380,18 @@ class AsyncSession(_SessionBase):
                 state.abandoned = call
                 if spill is not None:
                     spill.close(keep=False)
-        restarted = outcome.needs_restart and await self._replace_kernel()
+        state_restored = outcome.needs_restart and await self._restore_state_before(call)
+        restarted = state_restored or (outcome.needs_restart and await self._replace_kernel())
+        if not state_restored:
+            self._checkpoints.state_changed()
         count = call.collector.reply.get("execution_count") if call.collector.reply else None
         if isinstance(count, int) and not restarted:
             state.execution_count = count
         path = spill.close(keep=call.collector.truncated_bytes > 0) if spill is not None else None
-        return result_of(outcome, code, restarted=restarted, closed=state.closed, output_path=path)
+        return result_of(
+            outcome, code, restarted=restarted, closed=state.closed, output_path=path,
+            state_restored=state_restored,
+        )  # fmt: skip
 
     async def _finish_abandoned(self, kernel: KernelBackend) -> None:
         """Let a request given up by a cancelled call end before the next is sent.
@@ -387,6 +475,29 @@ class Session(_SessionBase):
         if self.closed and not (self._own_lease and self._lease.held):
             return
         self._call(self._async.shutdown())
+
+    @property
+    def checkpoints(self) -> list[Checkpoint]:
+        """The checkpoints of this session that are open, oldest first."""
+        return [Checkpoint(copy, self._call) for copy in self._async.checkpoints]
+
+    def checkpoint(self, *, timeout: float | None = None) -> Checkpoint:
+        """A frozen copy of the kernel's state now; see ``AsyncSession.checkpoint``."""
+        return Checkpoint(self._call(self._async.checkpoint(timeout=timeout)), self._call)
+
+    def restore(self, checkpoint: Checkpoint, *, timeout: float | None = None) -> None:
+        """Replace the kernel with a copy of ``checkpoint``."""
+        self._call(self._async.restore(checkpoint, timeout=timeout))
+
+    def fork(self, *, timeout: float | None = None) -> Session:
+        """A new, started session with a copy of this one's kernel; see ``AsyncSession.fork``."""
+        child = self._call(self._async.fork(timeout=timeout))
+        face = type(self).__new__(type(self))
+        lease = LoopLease(keep=lambda: child.is_running, refuse_closed=child.raise_if_closed)
+        lease.hold()  # the child's kernel lives on this loop: it must not stop with the parent
+        face._attach(child, lease)
+        face._own_lease = True
+        return face
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine that uses ``async_session`` on this session's loop thread."""
