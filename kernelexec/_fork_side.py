@@ -133,7 +133,10 @@ def _kernel_threads(shell, app):
     own += [getattr(app, name, None) for name in ("control_thread", "shell_channel_thread")]
     own.append(getattr(getattr(shell, "history_manager", None), "save_thread", None))
     own += [getattr(stream, "watch_fd_thread", None) for stream in (sys.stdout, sys.stderr)]
-    return [t for t in threading.enumerate() if any(t is o for o in own) or isinstance(t, BaseThread)]
+    return [
+        t for t in threading.enumerate()
+        if any(t is o for o in own) or isinstance(t, BaseThread) or t.name.startswith("kernelexec-")
+    ]  # kernelexec's own threads (fd readers, interrupt delivery) are re-made by install()
 
 
 def _user_threads(shell, app):
