@@ -9,103 +9,32 @@ is the same object seen through a lease on the shared event-loop thread, one lin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from nbformat import NotebookNode
 
 from ._backend import KernelBackend
-from ._checkpoints import AsyncCheckpoint, Checkpoint, SessionCheckpoints, restore_kernel, take_checkpoint
+from ._checkpoints import Checkpoint, SessionCheckpoints
+from ._copies import SessionCopies
 from ._collector import OutputCallback
 from ._errors import KernelStartError, SessionClosed
 from ._execute import Call, Outcome, pump, result_of, run_request
 from ._launch import KernelSource, Launcher
 from ._loop import LoopLease
 from ._options import SessionOptions, check_timeout, session_options, with_options_signature
-from ._record import session_notebook, write_notebook
 from ._result import ExecutionResult
 from ._spill import SpillFile
-from ._state import Phase, SessionHooks, SessionState, SessionStats
+from ._state import Phase, SessionBase, SessionHooks, SessionState
 
 T = TypeVar("T")
 log = logging.getLogger("kernelexec")
 _CLOSED = "this session was shut down and cannot run code; create a new Session"
 
 
-class _SessionBase:
-    """Options and read-only state, shared by ``Session`` and ``AsyncSession``; no I/O here."""
-
-    _options: SessionOptions
-    _state: SessionState
-
-    @property
-    def options(self) -> SessionOptions:
-        """The options this session was created with."""
-        return self._options
-
-    @property
-    def history(self) -> list[tuple[str, ExecutionResult]]:
-        """Every ``(code, result)`` executed so far, oldest first."""
-        return list(self._state.history)
-
-    @property
-    def notebook(self) -> NotebookNode:
-        """The history as an nbformat v4 notebook: one code cell per call, with its outputs,
-        execution count, timing (``metadata.execution``) and status (``metadata.kernelexec``)."""
-        return session_notebook(self.history, self._options.kernel_name, self._state.kernel_info)
-
-    def save_notebook(self, path: str | os.PathLike[str]) -> None:
-        """Write ``notebook`` to ``path`` (a plain call on both faces: it only writes a file)."""
-        write_notebook(self.notebook, path)
-
-    @property
-    def execution_count(self) -> int:
-        """The kernel's execution counter after the last call (0 for a fresh kernel)."""
-        return self._state.execution_count
-
-    @property
-    def kernel_id(self) -> str | None:
-        """The id of the current kernel, or ``None`` before start and after shutdown."""
-        kernel = self._state.kernel
-        return kernel.kernel_id if kernel is not None else None
-
-    @property
-    def kernel_info(self) -> dict[str, Any]:
-        """The current (or last) kernel's ``kernel_info_reply`` content; ``{}`` before start."""
-        return self._state.kernel_info
-
-    @property
-    def language_info(self) -> dict[str, Any]:
-        """The kernel's ``language_info`` (name, version, file extension, ...); ``{}`` before start."""
-        return dict(self._state.kernel_info.get("language_info", {}))
-
-    @property
-    def is_alive(self) -> bool:
-        """Whether the session has a running kernel."""
-        kernel = self._state.kernel
-        return kernel is not None and kernel.is_alive
-
-    @property
-    def closed(self) -> bool:
-        """Whether ``shutdown()`` was called."""
-        return self._state.closed
-
-    @property
-    def stats(self) -> SessionStats:
-        """Counters and times: executions, timeouts, restarts, deaths, created, last used."""
-        return self._state.stats()
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else ("running" if self.is_alive else "not started")
-        return f"<{type(self).__name__} {self._options.kernel_name} {state} kernel_id={self.kernel_id}>"
-
-
 @with_options_signature
-class AsyncSession(_SessionBase):
+class AsyncSession(SessionCopies, SessionBase):
     """A persistent kernel driven with ``async``/``await``.
 
     >>> async with AsyncSession(timeout=30) as s:
@@ -222,81 +151,6 @@ class AsyncSession(_SessionBase):
         """Raise ``SessionClosed`` if the session was shut down."""
         self._raise_if_closed()
 
-    # Copies of the kernel: checkpoints and forks (see _checkpoints)
-
-    @property
-    def checkpoints(self) -> list[AsyncCheckpoint]:
-        """The checkpoints of this session that are open, oldest first."""
-        return list(self._checkpoints.open)
-
-    async def checkpoint(self, *, timeout: float | None = None) -> AsyncCheckpoint:
-        """A frozen copy of the kernel's state now, to ``restore()`` any number of times.
-
-        Waits for a running call to end (at most ``timeout``). Local Python kernels only
-        (``ForkNotSupported`` otherwise); ``ForkWarning`` names threads the copy does not have.
-        """
-        async with self._locked(timeout):
-            kernel = await self._ensure_kernel()
-            return await self._checkpoints.take(kernel, self._state.execution_count)
-
-    async def restore(self, checkpoint: AsyncCheckpoint | Checkpoint, *, timeout: float | None = None) -> None:
-        """Replace the kernel with a copy of ``checkpoint`` (this session's, or its fork's)."""
-        copy = checkpoint.async_checkpoint if isinstance(checkpoint, Checkpoint) else checkpoint
-        async with self._locked(timeout):
-            self._raise_if_closed()
-            kernel = await restore_kernel(copy, self._options, self._launcher.witnesses())
-            await self._swap_kernel(kernel, copy.execution_count)
-            self._checkpoints.state_changed()
-
-    async def fork(self, *, timeout: float | None = None) -> AsyncSession:
-        """A new, started session with a copy of this one's kernel: the same options, variables,
-        imports, working directory and execution count; independent from here on."""
-        async with self._locked(timeout):
-            source = await self._ensure_kernel()
-            count = self._state.execution_count
-            copy = await take_checkpoint(source, self._options, count, lambda _: None)
-            try:
-                kernel = await restore_kernel(copy, self._options, self._launcher.witnesses())
-            finally:
-                await copy.aclose()
-        child = AsyncSession.from_options(self._options)
-        child._launcher.share_template(self._launcher)
-        await child._swap_kernel(kernel, count)
-        return child
-
-    @contextlib.asynccontextmanager
-    async def _locked(self, timeout: float | None) -> AsyncIterator[None]:
-        """The session's lock, waiting for a running call at most ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._lock.acquire(), timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"the session was still running a call after {timeout:g} s") from None
-        try:
-            yield
-        finally:
-            self._lock.release()
-
-    async def _swap_kernel(self, kernel: KernelBackend, execution_count: int) -> None:
-        state = self._state
-        old, state.kernel, state.abandoned = state.kernel, kernel, None
-        state.execution_count, state.kernel_info = execution_count, kernel.info
-        state.settle()
-        if old is not None:
-            await old.shutdown(graceful=False)
-
-    async def _restore_state_before(self, call: Call) -> bool:
-        """After a call that needs a restart: resume from the copy kept before it, if any."""
-        copy = self._checkpoints.before_call_copy
-        if copy is None or self._state.closed:
-            return False
-        try:
-            kernel = await restore_kernel(copy, self._options, self._launcher.witnesses())
-        except KernelStartError:
-            log.exception("could not restore the state from before the call; starting afresh")
-            return False
-        await self._swap_kernel(kernel, copy.execution_count)
-        return True
-
     # The kernel's lifetime
 
     def _raise_if_closed(self) -> None:
@@ -408,7 +262,7 @@ class AsyncSession(_SessionBase):
 
 
 @with_options_signature
-class Session(_SessionBase):
+class Session(SessionBase):
     """A persistent kernel with a synchronous API.
 
     >>> with Session(timeout=30) as s:

@@ -10,15 +10,20 @@ import enum
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+import os
 from typing import TYPE_CHECKING, Any
+
+from nbformat import NotebookNode
 
 from ._backend import KernelBackend
 from ._displays import DisplayRegistry
+from ._record import session_notebook, write_notebook
 from ._result import ExecutionResult
 
 if TYPE_CHECKING:
     from ._execute import Call
     from ._launch import KernelSource
+    from ._options import SessionOptions
 
 
 class Phase(str, enum.Enum):
@@ -110,3 +115,71 @@ class SessionState:
             status=self.phase.value,
             kernel_id=self.kernel.kernel_id if self.kernel is not None else None,
         )
+
+
+class SessionBase:
+    """Options and read-only state, shared by ``Session`` and ``AsyncSession``; no I/O here."""
+
+    _options: SessionOptions
+    _state: SessionState
+
+    @property
+    def options(self) -> SessionOptions:
+        """The options this session was created with."""
+        return self._options
+
+    @property
+    def history(self) -> list[tuple[str, ExecutionResult]]:
+        """Every ``(code, result)`` executed so far, oldest first."""
+        return list(self._state.history)
+
+    @property
+    def notebook(self) -> NotebookNode:
+        """The history as an nbformat v4 notebook: one code cell per call, with its outputs,
+        execution count, timing (``metadata.execution``) and status (``metadata.kernelexec``)."""
+        return session_notebook(self.history, self._options.kernel_name, self._state.kernel_info)
+
+    def save_notebook(self, path: str | os.PathLike[str]) -> None:
+        """Write ``notebook`` to ``path`` (a plain call on both faces: it only writes a file)."""
+        write_notebook(self.notebook, path)
+
+    @property
+    def execution_count(self) -> int:
+        """The kernel's execution counter after the last call (0 for a fresh kernel)."""
+        return self._state.execution_count
+
+    @property
+    def kernel_id(self) -> str | None:
+        """The id of the current kernel, or ``None`` before start and after shutdown."""
+        kernel = self._state.kernel
+        return kernel.kernel_id if kernel is not None else None
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        """The current (or last) kernel's ``kernel_info_reply`` content; ``{}`` before start."""
+        return self._state.kernel_info
+
+    @property
+    def language_info(self) -> dict[str, Any]:
+        """The kernel's ``language_info`` (name, version, file extension, ...); ``{}`` before start."""
+        return dict(self._state.kernel_info.get("language_info", {}))
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether the session has a running kernel."""
+        kernel = self._state.kernel
+        return kernel is not None and kernel.is_alive
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``shutdown()`` was called."""
+        return self._state.closed
+
+    @property
+    def stats(self) -> SessionStats:
+        """Counters and times: executions, timeouts, restarts, deaths, created, last used."""
+        return self._state.stats()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("running" if self.is_alive else "not started")
+        return f"<{type(self).__name__} {self._options.kernel_name} {state} kernel_id={self.kernel_id}>"
