@@ -220,7 +220,26 @@ class Forks:
             template.kill()
             template.wait(30)
         wait_gone(self.groups)
+        leaked = holders(self.dir)  # a server or kernel nobody knew of (not our descendants)
+        for pid in leaked:
+            os.kill(pid, signal.SIGKILL)
+        wait_gone(leaked)
         shutil.rmtree(self.dir, ignore_errors=True)
+        assert not leaked, f"processes left holding files of the test: {leaked}"
+
+
+def holders(directory: str) -> list[int]:
+    """Live processes (not this one) with a descriptor on a file under ``directory``: every
+    server and kernel a test makes has one (a copy's stderr file, its source's)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.pid != os.getpid() and process.status() != psutil.STATUS_ZOMBIE:
+                if any(f.path.startswith(directory + "/") for f in process.open_files()):
+                    found.append(process.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def wait_for_bytes(path: str, data: bytes, timeout: float = 30) -> None:
@@ -459,6 +478,31 @@ def test_a_copy_holds_user_files_but_no_connection_of_its_source(forks: Forks) -
     with open("/proc/net/unix") as table:
         bound_to_source = [row for row in table if forks.dir + "/live" in row and row.split()[6] in inodes]
     assert bound_to_source == []
+
+
+def test_an_interrupted_checkpoint_leaves_no_server(forks: Forks) -> None:
+    source = forks.live_kernel()
+    path = os.path.join(forks.dir, "interrupted.sock")
+    # The interrupt lands while the kernel waits for the fork: the worst moment.
+    source.run("import os, signal\nreal_waitpid = os.waitpid\n"
+               "def waitpid(*args):\n    os.kill(os.getpid(), signal.SIGINT)\n    return real_waitpid(*args)")
+    code = SOURCE + (
+        "\nuser = get_ipython().user_ns\nos.waitpid = user['waitpid']\n"
+        f"try:\n    checkpoint({path!r})\nfinally:\n    os.waitpid = user['real_waitpid']"
+    )
+    content, _, _ = source.run(f"exec(compile({code!r}, '<kernelexec>', 'exec'), {{'__name__': 'kxf'}})")
+    assert (content["status"], content.get("ename")) == ("error", "KeyboardInterrupt")
+    assert not os.path.exists(path)
+    source_file = forks.managers[0].connection_file
+
+    def copies() -> list[psutil.Process]:  # a copy of the source has the source's command line
+        return [p for p in psutil.process_iter(["cmdline"]) if source_file in (p.info["cmdline"] or []) and p.pid != source.pid and p.status() != psutil.STATUS_ZOMBIE]
+
+    deadline = time.monotonic() + 30
+    while copies():
+        assert time.monotonic() < deadline, copies()
+        time.sleep(0.05)
+    assert source.value("'still fine'") == "'still fine'"
 
 
 def test_checkpoint_cycles_do_not_grow_the_source(forks: Forks) -> None:
