@@ -65,17 +65,24 @@ def checkpoint(path):
     machinery = _machinery(shell, app)
     threads = _user_threads(shell, app)
     listener = _listen(path)
+    interrupted = []  # an interrupt now would leave a server nobody knows: it waits till the end
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    pid = None
     try:
         serve = lambda report: _serve_checkpoint(listener, path, machinery, report)
         pid = _double_fork(serve, _fork_locks(shell, app))
-    except BaseException:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        raise
     finally:
+        signal.signal(signal.SIGINT, previous)
         listener.close()
+        if pid is None or interrupted:
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    if interrupted:
+        raise KeyboardInterrupt
     result = {"pid": pid, "threads": threads}
     # One write, so that a line another thread prints meanwhile never splits or prefixes it.
     sys.stdout.write("\n" + json.dumps(result) + "\n")
@@ -177,21 +184,14 @@ def _double_fork(serve, locks):
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         if stream is not None:
             stream.flush()
-    held = []
+    held = _acquire(locks)
+    read_pid, write_pid = os.pipe()
+    middle = -1
+    gc.freeze()
     try:
-        for name, lock in locks:
-            if not lock.acquire(timeout=10):
-                raise RuntimeError("checkpoint: %s stayed locked by another thread for 10 s" % name)
-            held.append(lock)
-        read_pid, write_pid = os.pipe()
-        gc.freeze()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
-                middle = os.fork()
-        except BaseException:
-            gc.unfreeze()
-            raise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+            middle = os.fork()
         if middle == 0:
             try:
                 if os.fork() == 0:
@@ -206,17 +206,31 @@ def _double_fork(serve, locks):
                     serve(report)
             finally:
                 _exit(0)
-        gc.unfreeze()
     finally:
-        for lock in reversed(held):
-            lock.release()
-    os.close(write_pid)
+        if middle != 0:  # the kernel
+            gc.unfreeze()
+            for lock in reversed(held):
+                lock.release()
+            os.close(write_pid)
+            if middle < 0:
+                os.close(read_pid)
     os.waitpid(middle, 0)
     with os.fdopen(read_pid, "rb") as pipe:
         pid = pipe.read()
     if not pid:
         raise RuntimeError("checkpoint: the server could not start (see the kernel's stderr)")
     return int(pid)
+
+
+def _acquire(locks):
+    held = []
+    for name, lock in locks:
+        if not lock.acquire(timeout=10):
+            for taken in reversed(held):
+                taken.release()
+            raise RuntimeError("checkpoint: %s stayed locked by another thread for 10 s" % name)
+        held.append(lock)
+    return held
 
 
 def _serve_checkpoint(listener, path, machinery, report):
