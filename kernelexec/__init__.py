@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from ._errors import (
     CellExecutionError,
     ExecutionFailed,
+    ForkNotSupported,
+    ForkWarning,
     InvalidArgument,
     InvalidNotebook,
     KernelexecError,
@@ -29,6 +31,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from ._checkpoints import AsyncCheckpoint, Checkpoint
     from ._manager import AsyncSessionManager, SessionInfo, SessionManager
     from ._notebook import async_run_notebook, run_notebook
     from ._progress import Progress
@@ -41,6 +44,8 @@ __version__ = "0.1.0"
 
 # Public name -> the private module that defines it, imported when the name is first used.
 _LAZY = {
+    "AsyncCheckpoint": "_checkpoints",
+    "Checkpoint": "_checkpoints",
     "AsyncSessionManager": "_manager",
     "SessionInfo": "_manager",
     "SessionManager": "_manager",
@@ -70,12 +75,16 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AsyncCheckpoint",
     "AsyncSession",
     "AsyncSessionManager",
     "CellExecutionError",
+    "Checkpoint",
     "ErrorInfo",
     "ExecutionFailed",
     "ExecutionResult",
+    "ForkNotSupported",
+    "ForkWarning",
     "Frame",
     "InvalidArgument",
     "InvalidNotebook",

@@ -25,6 +25,7 @@ log = logging.getLogger("kernelexec")
 IOPUB_RECEIVE_QUEUE = 100
 
 CHANNELS = (("iopub", zmq.SUB), ("shell", zmq.DEALER), ("stdin", zmq.DEALER))
+RECONNECT_MS = 5
 
 
 def channel_url(info: dict[str, Any], channel: str) -> str:
@@ -43,6 +44,8 @@ class ZmqChannels:
         for channel, kind in CHANNELS:
             socket = context.socket(kind)
             socket.linger = 0
+            # A kernel binds its sockets a moment after it starts: retry soon, not after ZMQ's 100 ms.
+            socket.reconnect_ivl = RECONNECT_MS
             if kind == zmq.DEALER:
                 socket.identity = session.bsession  # stdin replies are routed by this identity
             if channel == "iopub":

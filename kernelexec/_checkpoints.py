@@ -10,13 +10,17 @@ contained like a kernel (an owner-death watchdog), closed explicitly, by its ses
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
+import uuid
 import warnings
 from collections.abc import Coroutine
 from typing import Any, Callable, TypeVar
 
 from ._backend import KernelBackend
+from ._containment import PidsCgroup
 from ._errors import ForkNotSupported, ForkWarning, KernelStartError
 from ._execute import DEADLINE, Call, pump
 from ._fork_client import FORK_SOURCE, ForkServer, runtime_path
@@ -48,8 +52,9 @@ class AsyncCheckpoint:
     """
 
     def __init__(self, server: ForkServer, execution_count: int, watchdog: OwnerDeathWatchdog | None,
-                 forget: Callable[[AsyncCheckpoint], None]) -> None:  # fmt: skip
+                 forget: Callable[[AsyncCheckpoint], None], cgroup: PidsCgroup | None = None) -> None:  # fmt: skip
         self.server = server
+        self._cgroup = cgroup
         self.execution_count = execution_count
         self.created = time.time()
         self._watchdog = watchdog
@@ -82,6 +87,11 @@ class AsyncCheckpoint:
         self._closed = True
         self._forget(self)
         await self.server.close(stop_server=True)
+        if self._cgroup is not None:
+            self._cgroup.kill_and_remove()
+            self._cgroup = None
+        with contextlib.suppress(OSError):  # the server removes it, unless killed first
+            os.unlink(self.server.path)
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
@@ -140,13 +150,28 @@ async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execut
     private = f"exec(compile({code!r}, '<kernelexec>', 'exec'), {{'__name__': '__kernelexec__'}})"
     answer = await _run_for_answer(kernel, private, options)
     server = await ForkServer.connect(path, options.startup_timeout)
-    watchdog = OwnerDeathWatchdog.start(answer["pid"], [path], None)
+    cgroup = _own_cgroup(answer["pid"])
+    watchdog = OwnerDeathWatchdog.start(answer["pid"], [path], cgroup.path if cgroup else None)
     if answer.get("threads"):
         warnings.warn(ForkWarning(
             f"threads {', '.join(map(repr, answer['threads']))} were running in the kernel; they do "
             "not exist in its copies (only the thread that runs the code is copied)"
         ), stacklevel=4)  # fmt: skip
-    return AsyncCheckpoint(server, execution_count, watchdog, forget)
+    return AsyncCheckpoint(server, execution_count, watchdog, forget, cgroup)
+
+
+def _own_cgroup(pid: int) -> PidsCgroup | None:
+    """Move the copy out of its source kernel's cgroup, which goes (killing all in it) with the
+    kernel; in a cgroup of its own it goes only with the checkpoint."""
+    cgroup = PidsCgroup.create(f"kernelexec-checkpoint-{uuid.uuid4()}", None)
+    if cgroup is None:
+        return None
+    try:
+        cgroup.add(pid)
+    except OSError:
+        cgroup.kill_and_remove()
+        return None
+    return cgroup
 
 
 async def restore_kernel(checkpoint: AsyncCheckpoint, options: SessionOptions, witnesses: list[ForkServer]) -> ForkedKernel:
