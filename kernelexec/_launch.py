@@ -11,6 +11,7 @@ caller's startup code. The launcher holds its template until ``close()``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -42,6 +43,7 @@ class Launcher:
         self.options = options
         self._template: Template | None = None
         self._no_fork: str | None = None  # why this launcher spawns instead
+        self._holding: asyncio.Lock | None = None
 
     async def launch(self) -> KernelBackend:
         """A started, prepared kernel; raises ``KernelStartError``."""
@@ -97,11 +99,15 @@ class Launcher:
             await template.release()
 
     async def _fork(self) -> KernelBackend:
-        if self._template is None or not self._template.alive:
-            await self.close()
-            argv0 = fork_interpreter(self.options)
-            self._template = await Template.acquire(argv0, self.options.kernel_env(), self.options.startup_timeout)
-        return await ForkedKernel.start(self._template.server, self.options, witnesses=self.witnesses()[1:])
+        if self._holding is None:
+            self._holding = asyncio.Lock()
+        async with self._holding:  # concurrent starts (the pool's) share one hold of the template
+            if self._template is None or not self._template.alive:
+                await self.close()
+                argv0 = fork_interpreter(self.options)
+                self._template = await Template.acquire(argv0, self.options.kernel_env(), self.options.startup_timeout)
+            server = self._template.server
+        return await ForkedKernel.start(server, self.options, witnesses=[])
 
 
 def fork_interpreter(options: SessionOptions) -> str:

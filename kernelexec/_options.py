@@ -47,7 +47,8 @@ class SessionOptions:
     gateway_token: str | None = field(default=None, repr=False)
     gateway_headers: Mapping[str, str] | None = field(default=None, repr=False)
     gateway_validate_cert: bool = True
-    launcher: Launch = "auto"
+    # "auto" forks where it can; the default stays "spawn" until the whole suite runs green on forks.
+    launcher: Launch = "spawn"
     keep_state_on_restart: bool = False
     max_checkpoints: int = 16
 

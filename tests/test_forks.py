@@ -33,8 +33,8 @@ def kernel_of(session: kx.Session) -> object:
 # The launcher
 
 
-def test_new_sessions_fork_from_a_template_by_default_and_spawn_on_request():
-    with kx.Session(timeout=30) as forked, kx.Session(timeout=30, launcher="spawn") as spawned:
+def test_launcher_auto_forks_from_a_template_and_spawn_spawns():
+    with kx.Session(timeout=30, launcher="auto") as forked, kx.Session(timeout=30, launcher="spawn") as spawned:
         assert isinstance(kernel_of(forked), ForkedKernel)
         assert isinstance(kernel_of(spawned), LocalKernel)
         for s in (forked, spawned):
@@ -54,10 +54,10 @@ def test_launcher_fork_says_why_it_cannot(tmp_path, monkeypatch):
 
 
 def test_a_forked_kernel_gets_the_environment_cwd_and_limits_of_its_session(tmp_path, monkeypatch):
-    with kx.Session(timeout=30) as first:  # the template starts now, with the environment of now
+    with kx.Session(timeout=30, launcher="fork") as first:  # the template starts now, with the environment of now
         monkeypatch.setenv("KX_LATER_API_KEY", "secret-set-after-the-template-started")
         monkeypatch.setenv("KX_LATER_VISIBLE", "yes")
-        with kx.Session(timeout=30, cwd=tmp_path, env={"KX_GIVEN": "1"}, memory_limit=2 * 1024**3) as s:
+        with kx.Session(timeout=30, cwd=tmp_path, env={"KX_GIVEN": "1"}, memory_limit=2 * 1024**3, launcher="fork") as s:
             assert isinstance(kernel_of(s), ForkedKernel)
             r = s.execute(
                 "import os, resource\n"
@@ -72,7 +72,7 @@ def test_a_forked_kernel_gets_the_environment_cwd_and_limits_of_its_session(tmp_
 
 
 def test_a_fork_has_the_state_and_is_independent():
-    with kx.Session(timeout=30) as s:
+    with kx.Session(timeout=30, launcher="fork") as s:
         s.execute("import os, collections\nmodel = {'w': 1}\ndef f(x):\n    return x + 1\nos.chdir('/tmp')")
         count = s.execution_count
         child = s.fork()
@@ -94,7 +94,7 @@ def test_a_fork_has_the_state_and_is_independent():
 
 
 def test_a_fork_while_a_user_thread_runs_warns_and_the_child_works():
-    with kx.Session(timeout=30) as s:
+    with kx.Session(timeout=30, launcher="fork") as s:
         s.execute("import threading, time\nthreading.Thread(target=time.sleep, args=(60,), name='worker', daemon=True).start()")
         with pytest.warns(kx.ForkWarning, match="'worker'"):
             child = s.fork()
@@ -105,7 +105,7 @@ def test_a_fork_while_a_user_thread_runs_warns_and_the_child_works():
 
 
 def test_sixteen_forks_of_one_session_at_once():
-    with kx.Session(timeout=60) as s:
+    with kx.Session(timeout=60, launcher="fork") as s:
         s.execute("base = 40")
         children: list[kx.Session] = []
         errors: list[BaseException] = []
@@ -129,7 +129,7 @@ def test_sixteen_forks_of_one_session_at_once():
 
 
 def test_twenty_fork_and_close_cycles_leave_the_source_as_it_was():
-    with kx.Session(timeout=30) as s:
+    with kx.Session(timeout=30, launcher="fork") as s:
         fds = lambda: int(s.execute("import os; len(os.listdir('/proc/self/fd'))").result)  # noqa: E731
         threads = lambda: int(s.execute("import threading; threading.active_count()").result)  # noqa: E731
         s.fork().shutdown()  # the first fork compiles the fork code in the kernel
@@ -143,7 +143,7 @@ def test_twenty_fork_and_close_cycles_leave_the_source_as_it_was():
 
 
 def test_a_checkpoint_restores_any_number_of_times_and_into_a_fork():
-    with kx.Session(timeout=30) as s:
+    with kx.Session(timeout=30, launcher="fork") as s:
         s.execute("data = list(range(1000))")
         with s.checkpoint() as cp:
             assert s.checkpoints and s.checkpoints[0].pid == cp.pid
@@ -162,7 +162,7 @@ def test_a_checkpoint_restores_any_number_of_times_and_into_a_fork():
 
 
 def test_a_checkpoint_uses_no_cpu_and_its_copy_shares_memory_until_it_writes():
-    with kx.Session(timeout=60) as s:
+    with kx.Session(timeout=60, launcher="fork") as s:
         s.execute("blob = bytes(300 * 2**20)")
         with s.checkpoint() as cp:
             held = psutil.Process(cp.pid)
@@ -180,7 +180,7 @@ def test_a_checkpoint_uses_no_cpu_and_its_copy_shares_memory_until_it_writes():
 
 
 def test_checkpoints_are_bounded_and_all_go_at_shutdown():
-    with kx.Session(timeout=30, max_checkpoints=2) as s:
+    with kx.Session(timeout=30, max_checkpoints=2, launcher="fork") as s:
         first = s.checkpoint()
         s.checkpoint()
         with pytest.warns(ResourceWarning, match="oldest checkpoint"):
@@ -200,7 +200,7 @@ def test_checkpoints_are_bounded_and_all_go_at_shutdown():
     ids=["sigint-ignoring loop", "os._exit"],
 )
 def test_keep_state_on_restart_resumes_from_before_the_failed_call(failing, status):
-    with kx.Session(timeout=1, interrupt_grace=1, keep_state_on_restart=True) as s:
+    with kx.Session(timeout=1, interrupt_grace=1, keep_state_on_restart=True, launcher="fork") as s:
         s.execute("x = 1")
         r = s.execute("x = 2\n" + failing)
         assert r.status == status and r.restarted and r.state_restored
@@ -215,7 +215,7 @@ def test_keep_state_on_restart_resumes_from_before_the_failed_call(failing, stat
 OWNER = """
 import sys, time
 import kernelexec as kx
-s = kx.Session(timeout=30)
+s = kx.Session(timeout=30, launcher="fork")
 s.start()
 s.execute("x = 1")
 child = s.fork()
