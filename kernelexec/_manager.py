@@ -145,6 +145,21 @@ class AsyncSessionManager:
         session = await self.session(session_id)
         return await session.execute(code, timeout=timeout, on_output=on_output)
 
+    async def fork(self, source_id: str, new_id: str, *, timeout: float | None = None) -> AsyncSession:
+        """A new session ``new_id`` with a copy of session ``source_id``'s kernel (see
+        ``AsyncSession.fork``); waits for a call running in the source (at most ``timeout``)."""
+        source = self.get(source_id)
+        if new_id in self._sessions and not self._sessions[new_id].closed:
+            raise InvalidArgument(f"session {new_id!r} already exists; close it first or pick another id")
+        self._check_room()
+        child = await source.fork(timeout=timeout)
+        if self._closed or (new_id in self._sessions and not self._sessions[new_id].closed):
+            await child.shutdown()
+            self._raise_if_closed()
+            raise InvalidArgument(f"session {new_id!r} was created while the fork was made")
+        self._sessions[new_id] = child
+        return child
+
     async def close(self, session_id: str | None = None) -> None:
         """Close one session (no-op if unknown), or with no id the manager and everything in it."""
         if session_id is not None:
@@ -183,13 +198,16 @@ class AsyncSessionManager:
         """How many pre-started kernels are waiting in the pool now."""
         return self._pool.ready_count
 
-    def _create(self, session_id: str, options: dict[str, Any]) -> AsyncSession:
+    def _check_room(self) -> None:
         live = sum(not s.closed for s in self._sessions.values())
         if live >= self.max_sessions:
             raise TooManySessions(
                 f"this manager already holds max_sessions={self.max_sessions} sessions; close "
                 "some with close(session_id), or create the manager with a larger max_sessions"
             )
+
+    def _create(self, session_id: str, options: dict[str, Any]) -> AsyncSession:
+        self._check_room()
         session_options = self.options.with_changes(**options) if options else self.options
         pooled = self._pool.size and session_options.kernel_key() == self.options.kernel_key()
         hooks = SessionHooks(kernel_source=self._pool.take if pooled else None)
@@ -313,6 +331,12 @@ class SessionManager:
     def interrupt(self, session_id: str) -> None:
         """Interrupt the code running now in session ``session_id`` (see ``get``)."""
         self.get(session_id).interrupt()
+
+    def fork(self, source_id: str, new_id: str, *, timeout: float | None = None) -> Session:
+        """A new session ``new_id`` with a copy of session ``source_id``'s kernel."""
+        child = self._call(self._async.fork(source_id, new_id, timeout=timeout))
+        with self._lock:
+            return self._face(new_id, child)
 
     def execute(
         self,

@@ -139,6 +139,30 @@ def test_twenty_fork_and_close_cycles_leave_the_source_as_it_was():
         assert (fds(), threads()) == before
 
 
+def test_a_manager_forks_a_session_under_a_new_id():
+    with kx.SessionManager(pool_size=0, timeout=30) as m:
+        m.execute("a", "notes = ['a']")
+        b = m.fork("a", "b")
+        assert b.execute("notes.append('b'); notes").result == "['a', 'b']"
+        assert m.execute("a", "notes").result == "['a']"
+        assert sorted(info.id for info in m.list()) == ["a", "b"]
+        with pytest.raises(kx.InvalidArgument, match="already exists"):
+            m.fork("a", "b")
+        with pytest.raises(kx.UnknownSession):
+            m.fork("nope", "c")
+
+
+def test_a_spawned_session_can_be_forked_too():
+    with kx.Session(timeout=30, launcher="spawn") as s:
+        s.execute("y = 5")
+        child = s.fork()
+        try:
+            assert isinstance(kernel_of(child), ForkedKernel)
+            assert child.execute("y * 2").result == "10"
+        finally:
+            child.shutdown()
+
+
 # Checkpoints
 
 

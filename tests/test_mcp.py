@@ -61,7 +61,8 @@ def test_tools_are_listed_with_descriptions():
 
     tools = with_server(scenario)
     assert sorted(tools) == [
-        "close_session", "execute", "export_notebook", "list_sessions", "restart_session"
+        "close_session", "execute", "export_notebook", "fork_session", "list_sessions",
+        "restart_session",
     ]  # fmt: skip
     assert set(tools["execute"].input_schema["required"]) == {"session", "code"}
     assert "timeout" in tools["execute"].input_schema["properties"]
@@ -139,6 +140,28 @@ def test_sessions_are_separate_and_can_be_listed_restarted_and_closed():
     assert seen["a after restart"][1].startswith("False\n")
     assert seen["close"].startswith("Session 'b' closed")
     assert seen["after close"] == ["a"]
+
+
+def test_fork_session_copies_a_session_that_then_goes_its_own_way():
+    async def scenario(client: Client) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        await execute(client, "a", "plan = ['x']")
+        forked = await client.call_tool("fork_session", {"session": "a", "new_session": "b"})
+        seen["fork"] = forked.is_error, forked.content[0].text
+        seen["b"] = await execute(client, "b", "plan.append('y'); plan")
+        seen["a"] = await execute(client, "a", "plan")
+        again = await client.call_tool("fork_session", {"session": "a", "new_session": "b"})
+        seen["again"] = again.is_error, again.content[0].text
+        missing = await client.call_tool("fork_session", {"session": "nope", "new_session": "c"})
+        seen["missing"] = missing.is_error, missing.content[0].text
+        return seen
+
+    seen = with_server(scenario)
+    assert seen["fork"] == (False, "Session 'b' is a copy of 'a': the same variables, imports and "
+                            "working directory; the two are independent from now on.")  # fmt: skip
+    assert seen["b"][1].startswith("['x', 'y']\n") and seen["a"][1].startswith("['x']\n")
+    assert seen["again"][0] and "already exists" in seen["again"][1]
+    assert seen["missing"][0] and "no session named 'nope'" in seen["missing"][1]
 
 
 def test_a_stuck_session_can_be_restarted_and_closed_at_once():

@@ -46,8 +46,9 @@ Run Python code in persistent Jupyter kernels. Each named session keeps its vari
 working directory between `execute` calls, like a notebook. A call that runs past its time limit
 is interrupted (the session's state is kept unless the kernel had to be restarted; the result
 says which); a call that crashes the kernel restarts it with empty state. Use `list_sessions` to
-see sessions, `restart_session` for a clean slate, `close_session` when done, and
-`export_notebook` to save a session's history as a notebook."""
+see sessions, `restart_session` for a clean slate, `fork_session` to copy a session before trying
+something risky (the copy has the same variables; the original stays as it was), `close_session`
+when done, and `export_notebook` to save a session's history as a notebook."""
 
 SessionName = Annotated[
     str,
@@ -121,6 +122,15 @@ class KernelTools:
         live = self._existing(session)
         await _call(live.restart())  # a call in flight ends at once, with status "died"
         return f"Session {session!r} restarted: it runs a fresh kernel, all variables are gone."
+
+    async def fork_session(self, session: str, new_session: str) -> str:
+        self._existing(session)
+        _check_name(new_session)
+        await _call(self.manager.fork(session, new_session))
+        return (
+            f"Session {new_session!r} is a copy of {session!r}: the same variables, imports and "
+            "working directory; the two are independent from now on."
+        )
 
     async def close_session(self, session: str) -> str:
         self._existing(session)
@@ -238,6 +248,15 @@ def create_server(settings: ServerSettings | None = None, **changes: Any) -> MCP
     async def restart_session(session: SessionName) -> str:
         """Restart a session's kernel: a clean slate, all its variables are lost."""
         return await tools["kernel"].restart_session(session)
+
+    @server.tool()
+    async def fork_session(
+        session: SessionName,
+        new_session: Annotated[str, Field(description="Name of the copy (must not exist yet).")],
+    ) -> str:
+        """Copy a session (its variables, imports, working directory) into a new one, in
+        milliseconds: try something risky in the copy and keep the original as it was."""
+        return await tools["kernel"].fork_session(session, new_session)
 
     @server.tool()
     async def close_session(session: SessionName) -> str:
