@@ -38,7 +38,8 @@ def through_nbclient(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 
 def raising_cell() -> nbformat.NotebookNode:
-    return nbformat.read(RAISING, as_version=4).cells[0]
+    cell = nbformat.read(RAISING, as_version=4).cells[0]  # an nbformat 4.4 cell: no id
+    return nbformat.v4.new_code_cell(cell.source, metadata=cell.metadata)
 
 
 EXPECTED = [("stdout", "hello\n"), ("stderr", "errorred\n"), ("error", "message")]

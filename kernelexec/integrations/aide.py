@@ -85,7 +85,16 @@ def _kernelexec_aide_setup(working_dir, file_name, format_tb_ipython, mute_warni
                 text = "Traceback (most recent call last):\n" + text
         return text.replace(os.path.join(working_dir, file_name), file_name)
 
+    def cut_interrupt_handler(tb):
+        # kernelexec's SIGINT handler raises the KeyboardInterrupt: its frame is innermost.
+        previous = None
+        while tb is not None and tb.tb_next is not None:
+            previous, tb = tb, tb.tb_next
+        if previous is not None and tb.tb_frame.f_code.co_filename == "<kernelexec>":
+            previous.tb_next = None
+
     def summarise(error):
+        cut_interrupt_handler(error.__traceback__)
         script_tb = error.__traceback__.tb_next  # leave out this runner's own frame
         info = {"args": [str(arg) for arg in getattr(error, "args", ())]}
         for attribute in ("name", "msg", "obj"):
