@@ -14,7 +14,7 @@ import psutil
 
 import kernelexec as kx
 
-STARTS, PARALLEL, CALLS = 7, 16, 60
+STARTS, PARALLEL, CALLS = 7, 32, 60
 
 
 def median_ms(samples: list[float]) -> float:

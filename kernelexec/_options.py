@@ -47,8 +47,9 @@ class SessionOptions:
     gateway_token: str | None = field(default=None, repr=False)
     gateway_headers: Mapping[str, str] | None = field(default=None, repr=False)
     gateway_validate_cert: bool = True
-    # "auto" forks where it can; the default stays "spawn" until the whole suite runs green on forks.
-    launcher: Launch = "spawn"
+    # "auto" forks where it can; the default stays "spawn" until the whole suite runs green on
+    # forks, unless KERNELEXEC_LAUNCHER says otherwise (the suite runs on both).
+    launcher: Launch = field(default_factory=lambda: os.environ.get("KERNELEXEC_LAUNCHER", "spawn"))  # type: ignore[assignment]
     keep_state_on_restart: bool = False
     max_checkpoints: int = 16
 
@@ -131,7 +132,8 @@ def with_options_signature(face: F) -> F:
     params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD and not p.name.startswith("_")]
     taken = {p.name for p in params}
     params += [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
+                          default=f.default_factory() if f.default is dataclasses.MISSING else f.default)  # type: ignore[misc]
         for f in dataclasses.fields(SessionOptions) if f.name not in taken
     ]  # fmt: skip
     target.__signature__ = own.replace(parameters=params)
