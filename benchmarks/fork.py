@@ -64,12 +64,14 @@ def copies(session: kx.Session) -> tuple[list[float], list[float]]:
     return forks, restores
 
 
-def per_call(keep_state: bool, big: bool) -> float:
+def per_call(keep_state: bool, big: bool, think: float) -> float:
+    """A trivial call's time; ``think``: the pause between calls (an agent's model answering)."""
     with kx.Session(launcher="fork", keep_state_on_restart=keep_state) as s:
         if big:
             s.execute("import numpy as np\ndata = np.ones(62 * 2**20)")  # 500 MB
         samples = []
-        for i in range(CALLS):
+        for i in range(CALLS // 2 if think else CALLS):
+            time.sleep(think)
             started = time.perf_counter()
             s.execute(f"x = {i}")
             samples.append(time.perf_counter() - started)
@@ -105,11 +107,12 @@ def main() -> None:
     print(f"200 MB session, median of {STARTS}")
     print(f"  fork() + first result    {median_ms(forks):7.1f} ms   ratio to a spawned cold start {median_ms(forks) / cold:.2f}x")
     print(f"  restore() + first result {median_ms(restores):7.1f} ms   ratio to a spawned cold start {median_ms(restores) / cold:.2f}x")
-    print(f"per call ('x = i'), median of {CALLS}")
+    print("per call ('x = i'): back to back, and 0.2 s apart (the copy is made between calls)")
     for big in (False, True):
-        plain, kept = per_call(False, big), per_call(True, big)
-        label = "500 MB session" if big else "small session "
-        print(f"  {label}: plain {plain:6.2f} ms   keep_state_on_restart {kept:6.2f} ms   (+{kept - plain:.2f} ms)")
+        for think in (0.0, 0.2):
+            plain, kept = per_call(False, big, think), per_call(True, big, think)
+            label = ("500 MB session" if big else "small session ") + (", 0.2 s apart" if think else ", back to back")
+            print(f"  {label}: plain {plain:6.2f} ms   keep_state_on_restart {kept:6.2f} ms   (+{kept - plain:.2f} ms)")
     print(f"idle PSS per kernel with numpy imported, {PARALLEL} kernels")
     spawn_pss, fork_pss = pss_per_kernel("spawn", PARALLEL), pss_per_kernel("fork", PARALLEL)
     print(f"  spawn {spawn_pss:6.1f} MB   fork {fork_pss:6.1f} MB   kernels per GB: {1024 / spawn_pss:.0f} vs {1024 / fork_pss:.0f}")

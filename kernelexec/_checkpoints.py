@@ -10,8 +10,10 @@ contained like a kernel (an owner-death watchdog), closed explicitly, by its ses
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -21,7 +23,7 @@ from typing import Any, Callable, TypeVar
 
 from ._backend import KernelBackend
 from ._containment import PidsCgroup
-from ._errors import ForkNotSupported, ForkWarning, KernelStartError
+from ._errors import ForkNotSupported, ForkWarning, KernelexecError, KernelStartError
 from ._execute import DEADLINE, Call, pump
 from ._fork_client import FORK_SOURCE, ForkServer, runtime_path
 from ._forked_kernel import ForkedKernel
@@ -32,6 +34,7 @@ from ._traceback import plain_traceback
 from ._watchdog import OwnerDeathWatchdog
 
 T = TypeVar("T")
+log = logging.getLogger("kernelexec")
 
 # Run in the kernel, silently, in a namespace of its own: the fork code is compiled once per kernel.
 _CHECKPOINT_CODE = """
@@ -148,8 +151,13 @@ async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execut
     path = runtime_path("kx-cp-", ".sock")
     code = _CHECKPOINT_CODE.replace("SOURCE", repr(FORK_SOURCE)).replace("PATH", repr(path))
     private = f"exec(compile({code!r}, '<kernelexec>', 'exec'), {{'__name__': '__kernelexec__'}})"
-    answer = await _run_for_answer(kernel, private, options)
-    server = await ForkServer.connect(path, options.startup_timeout)
+    try:
+        answer = await _run_for_answer(kernel, private, options)
+        server = await ForkServer.connect(path, options.startup_timeout)
+    except BaseException:
+        with contextlib.suppress(OSError):  # made by a copy that did not get to serve
+            os.unlink(path)
+        raise
     cgroup = _own_cgroup(answer["pid"])
     watchdog = OwnerDeathWatchdog.start(answer["pid"], [path], cgroup.path if cgroup else None)
     if answer.get("threads"):
@@ -213,6 +221,7 @@ class SessionCheckpoints:
         self.open: list[AsyncCheckpoint] = []
         self._before_call: AsyncCheckpoint | None = None  # the state now, while it is not stale
         self._discard: list[AsyncCheckpoint] = []
+        self._pending: asyncio.Future[None] | None = None
 
     async def take(self, kernel: KernelBackend, execution_count: int) -> AsyncCheckpoint:
         checkpoint = await take_checkpoint(kernel, self._options, execution_count, self._forget)
@@ -228,9 +237,31 @@ class SessionCheckpoints:
 
     async def before_call(self, kernel: KernelBackend, execution_count: int) -> None:
         """Keep a copy of the state before a call, unless the one kept is still that state."""
+        await self.settle()
         if self._before_call is not None and not self._before_call.closed:
             return
+        await self.close_stale()
         self._before_call = await take_checkpoint(kernel, self._options, execution_count, lambda _: None)
+
+    def after_call(self, kernel: KernelBackend, execution_count: int) -> None:
+        """The call changed the state: copy it in the background, off the next call's path
+        (an agent thinks between calls); ``settle()`` waits for it."""
+        self.state_changed()
+        self._pending = asyncio.ensure_future(self._refresh(kernel, execution_count))
+
+    async def settle(self) -> None:
+        """Wait for a copy being made in the background: nothing else may read the kernel's
+        messages meanwhile (they would be taken from the copy's request)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+
+    async def _refresh(self, kernel: KernelBackend, execution_count: int) -> None:
+        await self.close_stale()
+        try:
+            self._before_call = await take_checkpoint(kernel, self._options, execution_count, lambda _: None)
+        except (KernelexecError, ConnectionError, OSError) as error:  # the next call tries again
+            log.debug("could not keep a copy of the state after a call: %s", error)
 
     def state_changed(self) -> None:
         """The kernel ran code (or is new): the copy kept is of an older state."""
@@ -248,6 +279,7 @@ class SessionCheckpoints:
             await checkpoint.aclose()
 
     async def close_all(self) -> None:
+        await self.settle()
         self.state_changed()
         for checkpoint in list(self.open):
             await checkpoint.aclose()

@@ -95,6 +95,7 @@ class SessionCopies:
         except asyncio.TimeoutError:
             raise TimeoutError(f"the session was still running a call after {timeout:g} s") from None
         try:
+            await self._checkpoints.settle()
             yield
         finally:
             self._lock.release()

@@ -91,12 +91,16 @@ class AsyncSession(SessionCopies, SessionBase):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
         time_limit = check_timeout(timeout, self._options.timeout)
         async with self._lock:
+            await self._checkpoints.settle()
             kernel = await self._ensure_kernel()
             await self._finish_abandoned(kernel)
-            if self._options.keep_state_on_restart:
+            keep_state = self._options.keep_state_on_restart
+            if keep_state:
                 await self._checkpoints.before_call(kernel, self._state.execution_count)
             result = await self._run(kernel, code, time_limit, on_output or self._options.on_output)
             self._state.record(code, result)
+            if keep_state and not result.state_restored and self._state.kernel is not None:
+                self._checkpoints.after_call(self._state.kernel, self._state.execution_count)
             return result
 
     async def interrupt(self) -> None:
@@ -119,6 +123,7 @@ class AsyncSession(SessionCopies, SessionBase):
             await busy_kernel.shutdown(graceful=False)
         async with self._lock:
             self._raise_if_closed()
+            await self._checkpoints.settle()
             if busy_kernel is None or state.kernel is busy_kernel or state.kernel is None:
                 await self._replace_kernel(graceful=busy_kernel is None, raise_start_error=True)
                 state.counts["restarts"] += 1
@@ -134,6 +139,7 @@ class AsyncSession(SessionCopies, SessionBase):
         if state.call is not None and state.kernel is not None:
             await state.kernel.shutdown()
         async with self._lock:
+            await self._checkpoints.settle()  # a copy being made must not be cut in two
             kernel, state.kernel = state.kernel, None
             try:
                 if kernel is not None:
