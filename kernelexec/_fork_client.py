@@ -36,8 +36,12 @@ FORK_SOURCE = inspect.getsource(_fork_server) + "\n" + inspect.getsource(_fork_s
 TEMPLATE_START_SECONDS = 60.0
 # A server that does not answer a request within this long is treated as gone.
 REQUEST_SECONDS = 30.0
-# Environment variables that change how an interpreter starts (sys.path, hash seed, ...).
-_INTERPRETER_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "PYTHONUSERBASE")
+
+
+def _interpreter_vars(env: dict[str, str]) -> dict[str, str]:
+    """The variables that change how an interpreter starts (sys.path, bytecode, hash seed, ...):
+    a template is made with them, since its kernels cannot change them after the start."""
+    return {name: value for name, value in env.items() if name.startswith("PYTHON")}
 
 
 def runtime_path(prefix: str, suffix: str = "") -> str:
@@ -168,7 +172,7 @@ class Template:
     @classmethod
     async def acquire(cls, argv0: str, env: dict[str, str], timeout: float) -> Template:
         """The template for ``argv0`` with ``env``'s interpreter variables, held until ``release``."""
-        key = (argv0, tuple(sorted((name, env[name]) for name in _INTERPRETER_VARS if name in env)))
+        key = (argv0, tuple(sorted(_interpreter_vars(env).items())))
         templates = cls._by_loop.setdefault(id(asyncio.get_running_loop()), {})
         template = templates.get(key)
         if template is not None and not template.alive:
@@ -203,7 +207,7 @@ class Template:
         path = runtime_path("kx-tpl-", ".sock")
         # The template holds no secrets: its environment is the minimal base (each kernel gets
         # its own, whole, at fork time) plus what changes how the interpreter starts.
-        template_env = {name: env[name] for name in (*MINIMAL_BASE, *_INTERPRETER_VARS) if name in env}
+        template_env = {name: env[name] for name in MINIMAL_BASE if name in env} | _interpreter_vars(env)
         log_file = tempfile.TemporaryFile(prefix="kernelexec-template-")
         command = [argv0, "-c", f"{FORK_SOURCE}\nserve_template({path!r})"]
         try:
@@ -252,8 +256,9 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 
 
 def interpreter_of(argv: list[str]) -> str | None:
-    """The Python interpreter a kernel spec's argv runs, if it runs ipykernel with one."""
-    if not argv or not any("ipykernel" in part for part in argv[1:3]):
+    """The Python interpreter a kernel spec's argv runs, if it runs ipykernel's own launcher
+    with one (a spec that runs code of its own first cannot be replaced by a fork)."""
+    if argv[1:3] not in (["-m", "ipykernel_launcher"], ["-m", "ipykernel"]):
         return None
     argv0 = sys.executable if argv[0] in ("python", "python3", "{python}") else argv[0]
     return argv0 if os.path.basename(argv0).startswith("python") else None

@@ -176,6 +176,9 @@ class AsyncSession(SessionCopies, SessionBase):
         state.enter(Phase.STARTING)
         try:
             kernel = await self._kernel_source()
+        except BaseException:
+            await self._launcher.close()  # a session that never starts holds no template
+            raise
         finally:
             state.settle()
         if state.closed:  # shut down while the kernel started
