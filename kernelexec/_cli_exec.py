@@ -82,7 +82,7 @@ def exec_command(args: argparse.Namespace) -> int:
         sys.stderr.write(f"kernelexec: interrupted{took}\n")
         return EXIT_STATUS["interrupted"]
     printer.end_line()
-    footer = [line for line in result._footer_lines() if not line.startswith("Output truncated")]
+    footer = [line for line in result.footer_lines() if not line.startswith("Output truncated")]
     sys.stdout.write("\n".join(footer) + "\n")  # all the output was shown: no truncation line
     sys.stdout.flush()
     if not args.stdin and result.error is not None and result.error.ename == "StdinNotImplementedError":

@@ -122,7 +122,7 @@ class ExecutionResult:
         text = self.text
         if text and not text.endswith("\n"):
             text += "\n"
-        return [text, *(line + "\n" for line in self._footer_lines()[:-1]), self._footer_lines()[-1]]
+        return [text, *(line + "\n" for line in self.footer_lines()[:-1]), self.footer_lines()[-1]]
 
     @property
     def exc_type(self) -> str | None:
@@ -159,7 +159,8 @@ class ExecutionResult:
             if output.output_type == "stream" and output.name == name
         )
 
-    def _footer_lines(self) -> list[str]:
+    def footer_lines(self) -> list[str]:
+        """The humanized footer of ``summary()``, one line each: timeout or death, truncation, time."""
         limit = humanize.naturaldelta(self.time_limit)
         lines = []
         if self.status == "timeout":
