@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 import uuid
 import warnings
@@ -89,15 +90,17 @@ class AsyncCheckpoint:
             return
         self._closed = True
         self._forget(self)
-        await self.server.close(stop_server=True)
-        if self._cgroup is not None:
-            self._cgroup.kill_and_remove()
-            self._cgroup = None
-        with contextlib.suppress(OSError):  # the server removes it, unless killed first
-            os.unlink(self.server.path)
-        if self._watchdog is not None:
-            self._watchdog.stop()
-            self._watchdog = None
+        try:
+            await self.server.close(stop_server=True)
+        finally:
+            if self._cgroup is not None:
+                self._cgroup.kill_and_remove()
+                self._cgroup = None
+            with contextlib.suppress(OSError):  # the server removes it, unless killed first
+                os.unlink(self.server.path)
+            if self._watchdog is not None:
+                self._watchdog.stop()
+                self._watchdog = None
 
 
 class Checkpoint:
@@ -151,21 +154,30 @@ async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execut
     path = runtime_path("kx-cp-", ".sock")
     code = _CHECKPOINT_CODE.replace("SOURCE", repr(FORK_SOURCE)).replace("PATH", repr(path))
     private = f"exec(compile({code!r}, '<kernelexec>', 'exec'), {{'__name__': '__kernelexec__'}})"
+    answer: dict[str, Any] = {}
     try:
         answer = await _run_for_answer(kernel, private, options)
         server = await ForkServer.connect(path, options.startup_timeout)
-    except BaseException:
-        with contextlib.suppress(OSError):  # made by a copy that did not get to serve
+    except BaseException:  # a copy made but not taken over (cancelled, unreachable) must go
+        if "pid" in answer:
+            with contextlib.suppress(OSError):
+                os.kill(answer["pid"], signal.SIGKILL)
+        with contextlib.suppress(OSError):
             os.unlink(path)
         raise
     cgroup = _own_cgroup(answer["pid"])
     watchdog = OwnerDeathWatchdog.start(answer["pid"], [path], cgroup.path if cgroup else None)
+    checkpoint = AsyncCheckpoint(server, execution_count, watchdog, forget, cgroup)
     if answer.get("threads"):
-        warnings.warn(ForkWarning(
-            f"threads {', '.join(map(repr, answer['threads']))} were running in the kernel; they do "
-            "not exist in its copies (only the thread that runs the code is copied)"
-        ), stacklevel=4)  # fmt: skip
-    return AsyncCheckpoint(server, execution_count, watchdog, forget, cgroup)
+        try:
+            warnings.warn(ForkWarning(
+                f"threads {', '.join(map(repr, answer['threads']))} were running in the kernel; they "
+                "do not exist in its copies (only the thread that runs the code is copied)"
+            ), stacklevel=4)  # fmt: skip
+        except BaseException:  # the warning raised (warnings as errors): nobody gets the copy
+            await checkpoint.aclose()
+            raise
+    return checkpoint
 
 
 def _own_cgroup(pid: int) -> PidsCgroup | None:
@@ -251,10 +263,18 @@ class SessionCheckpoints:
 
     async def settle(self) -> None:
         """Wait for a copy being made in the background: nothing else may read the kernel's
-        messages meanwhile (they would be taken from the copy's request)."""
-        pending, self._pending = self._pending, None
+        messages meanwhile (they would be taken from the copy's request). A cancellation of
+        the waiter does not cancel the copy."""
+        pending = self._pending
         if pending is not None:
-            await asyncio.gather(pending, return_exceptions=True)
+            await asyncio.wait([pending])
+            if self._pending is pending:
+                self._pending = None
+
+    @property
+    def active(self) -> bool:
+        """Whether any copy of this session is open or being made (they live on its loop)."""
+        return bool(self.open or self._before_call or self._discard or self._pending)
 
     async def _refresh(self, kernel: KernelBackend, execution_count: int) -> None:
         await self.close_stale()

@@ -54,6 +54,7 @@ class Call:
     timed_out: bool = False
     # An interrupt was sent while the request ran: the kernel may finish it without a reply.
     interrupt_sent: bool = False
+    ended_by_restart: bool = False  # restart() killed the kernel on purpose: no state to restore
     code_started: asyncio.Event = field(default_factory=asyncio.Event)
     pending_interrupt: asyncio.Task[None] | None = None  # waits for the code to start
 

@@ -87,6 +87,12 @@ class ForkServer:
         """Call ``listener(pid, returncode)`` for every process the server reaps from now on."""
         self._exit_listeners.append(listener)
 
+    def forget(self, pid: int, listener: Callable[[int, int], None]) -> None:
+        """Stop telling ``listener`` of exits; forget ``pid``'s exit status."""
+        with contextlib.suppress(ValueError):
+            self._exit_listeners.remove(listener)
+        self._exits.pop(pid, None)
+
     def returncode(self, pid: int) -> int | None:
         return self._exits.get(pid)
 

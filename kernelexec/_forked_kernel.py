@@ -180,6 +180,9 @@ class ForkedKernel(ProcessKernel):
 
     def _release(self, strays: dict[int, bytes]) -> None:
         _LIVE_KERNELS.discard(self)
+        for server in self._servers:
+            if self._pid is not None:
+                server.forget(self._pid, self._on_status)
         kill_unchanged(strays)
         self._close_channels()
         if self._control is not None:

@@ -120,6 +120,7 @@ class AsyncSession(SessionCopies, SessionBase):
         self._raise_if_closed()
         busy_kernel = state.kernel if state.call is not None else None
         if busy_kernel is not None:  # code that ignores interrupts must not hold the restart up
+            state.call.ended_by_restart = True  # type: ignore[union-attr]
             await busy_kernel.shutdown(graceful=False)
         async with self._lock:
             self._raise_if_closed()
@@ -152,6 +153,10 @@ class AsyncSession(SessionCopies, SessionBase):
     def is_running(self) -> bool:
         """Whether the session holds a kernel now (started, not shut down)."""
         return self._state.kernel is not None
+
+    def needs_loop(self) -> bool:
+        """Whether something of this session lives on its event loop (a kernel, checkpoints)."""
+        return self.is_running or self._checkpoints.active
 
     def raise_if_closed(self) -> None:
         """Raise ``SessionClosed`` if the session was shut down."""
@@ -241,9 +246,12 @@ class AsyncSession(SessionCopies, SessionBase):
             state.settle()
             if outcome is None:  # cancelled: the kernel still finishes the request
                 state.abandoned = call
+                self._checkpoints.state_changed()
                 if spill is not None:
                     spill.close(keep=False)
-        state_restored = outcome.needs_restart and await self._restore_state_before(call)
+        state_restored = (
+            outcome.needs_restart and not call.ended_by_restart and await self._restore_state_before(call)
+        )
         restarted = state_restored or (outcome.needs_restart and await self._replace_kernel())
         if not state_restored:
             self._checkpoints.state_changed()
@@ -286,7 +294,7 @@ class Session(SessionBase):
 
     def __init__(self, kernel_name: str = "python3", *, _hooks: SessionHooks | None = None, **options: Any) -> None:
         session = AsyncSession(kernel_name, _hooks=_hooks, **options)
-        self._attach(session, LoopLease(keep=lambda: session.is_running, refuse_closed=session.raise_if_closed))
+        self._attach(session, LoopLease(keep=session.needs_loop, refuse_closed=session.raise_if_closed))
         self._own_lease = True
 
     @classmethod
@@ -356,7 +364,7 @@ class Session(SessionBase):
         """A new, started session with a copy of this one's kernel; see ``AsyncSession.fork``."""
         child = self._call(self._async.fork(timeout=timeout))
         face = type(self).__new__(type(self))
-        lease = LoopLease(keep=lambda: child.is_running, refuse_closed=child.raise_if_closed)
+        lease = LoopLease(keep=child.needs_loop, refuse_closed=child.raise_if_closed)
         lease.hold()  # the child's kernel lives on this loop: it must not stop with the parent
         face._attach(child, lease)
         face._own_lease = True

@@ -22,7 +22,8 @@ import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
 from jupyter_client.connect import write_connection_file
 
-from kernelexec import _fork_server, _fork_side, _kernel_side
+from kernelexec import _fork_server, _fork_side
+from kernelexec._launch import KERNEL_SOURCE
 
 SOURCE = inspect.getsource(_fork_server) + "\n" + inspect.getsource(_fork_side)
 HISTORY = "--HistoryManager.hist_file=:memory:"
@@ -119,7 +120,7 @@ class Kernel:
         return text
 
     def install_kernelexec(self) -> None:
-        self.private("install(100000, None, None, 10**7)", inspect.getsource(_kernel_side), "__kernelexec__")
+        self.private("install(100000, None, None, 10**7)", KERNEL_SOURCE, "__kernelexec__")
 
     def checkpoint(self, path: str) -> dict:
         return json.loads(self.private(f"checkpoint({path!r})").strip().splitlines()[-1])

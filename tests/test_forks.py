@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import psutil
 import pytest
@@ -231,6 +232,31 @@ def test_keep_state_on_restart_resumes_from_before_the_failed_call(failing, stat
         assert "as it was before this call" in str(r)
         assert s.execute("x").result == "1"
         assert s.execute("x = 3").ok and s.execute("x").result == "3"
+
+
+def test_restart_during_a_call_gives_a_fresh_kernel_even_with_keep_state_on_restart():
+    with kx.Session(timeout=30, keep_state_on_restart=True, launcher="fork") as s:
+        s.execute("x = 1")
+        results: list[kx.ExecutionResult] = []
+        call = threading.Thread(target=lambda: results.append(s.execute("import time; time.sleep(20)")))
+        call.start()
+        deadline = time.monotonic() + 20
+        while s.stats.status != "busy" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        s.restart()
+        call.join()
+        assert results[0].status == "died" and not results[0].state_restored
+        assert s.execute("'x' in globals()").result == "False"
+
+
+def test_a_fork_warning_raised_as_an_error_leaves_no_copy_behind():
+    with kx.Session(timeout=30, launcher="fork") as s:
+        s.execute("import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", kx.ForkWarning)
+            with pytest.raises(kx.ForkWarning):
+                s.checkpoint()
+        assert s.checkpoints == []  # and the leak check finds no process, fd or file of the copy
 
 
 # Containment

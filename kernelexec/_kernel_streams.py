@@ -1,0 +1,296 @@
+"""In-kernel source, part 1 of 3 (shipped with ``_kernel_fds`` and ``_kernel_side``, which
+defines ``install``): kernelexec's stream machinery inside ipykernel's ``OutStream``s.
+
+Bounded stream messages, the IOPub socket waiting for a slow client, a flood sent at the
+client's pace, and stdout and stderr sent in the order they were written. See ``_kernel_side``
+for how the source travels and why it imports nothing from kernelexec.
+"""
+
+import threading
+
+
+class _BinaryStream(object):
+    """``sys.stdout.buffer`` for ipykernel's text streams, which have none: bytes are decoded as
+    UTF-8 (invalid bytes replaced), so code that writes bytes works as it does in a terminal."""
+
+    def __init__(self, stream):
+        import codecs
+
+        self._stream = stream
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data):
+        self._stream.write(self._decoder.decode(bytes(data)))
+        return len(data)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        self._stream.flush()
+
+    def writable(self):
+        return True
+
+
+def _bound_iopub(streams, max_chars):
+    """Set up ipykernel's I/O thread, which sends every IOPub message, for output of any size.
+
+    - The IOPub socket waits for a slow client instead of dropping messages (``XPUB_NODROP``): a
+      PUB socket drops once a subscriber's queue holds its high-water mark (1000 messages on each
+      side), which a huge print split into pieces reaches in a burst, and a dropped ``idle``
+      status would leave the client waiting for the rest of the call. Waiting also bounds the
+      client's memory.
+    - A stream message longer than ``max_chars`` goes out as several bounded ones, through a hook
+      on ipykernel's public message-hook API. Hooks are per thread and stream messages are sent
+      from the I/O thread, so they are registered there.
+    """
+    import zmq
+
+    pub_thread = streams[0].pub_thread
+
+    def on_io_thread():
+        pub_thread.socket.setsockopt(zmq.XPUB_NODROP, 1)
+        try:
+            _unbounded_event_pipe(pub_thread)
+        except AttributeError:  # an ipykernel without these internals: big writes stay whole
+            return
+        for stream in streams:
+            stream.register_hook(_splitter(stream, pub_thread, max_chars))
+
+    pub_thread.schedule(on_io_thread)
+    for stream in streams:
+        if not hasattr(stream, "buffer"):
+            stream.buffer = _BinaryStream(stream)
+
+
+def _splitter(stream, pub_thread, max_chars):
+    def split(msg):
+        text = msg["content"].get("text", "")
+        if len(text) <= max_chars:
+            return msg
+        # The pieces are queued on the I/O thread like every other message, so they keep their
+        # place before the reply's idle status; the last goes on as the message itself
+        # (returning None would make ipykernel skip other requests' output in this flush).
+        last = (len(text) - 1) // max_chars * max_chars
+        for start in range(0, last, max_chars):
+            content = {"name": msg["content"]["name"], "text": text[start : start + max_chars]}
+            piece = stream.session.msg("stream", content, parent=msg["parent_header"])
+            stream.session.send(pub_thread, piece, ident=stream.topic)
+        msg["content"]["text"] = text[last:]
+        return msg
+
+    return split
+
+
+def _unbounded_event_pipe(pub_thread):
+    """Let the I/O thread queue any number of sends to itself.
+
+    Sends are queued as events through a per-thread pipe whose high-water mark (1000) would make
+    the I/O thread block forever on its own queue when one flush turns into more pieces than
+    that. (Sending them on the socket directly instead garbled messages under load.)
+    """
+    import zmq
+
+    local = pub_thread._local
+    old = getattr(local, "event_pipe", None)
+    pipe = pub_thread.socket.context.socket(zmq.PUSH)
+    pipe.linger = 0
+    pipe.sndhwm = 0  # an inproc pipe is unbounded when either side's high-water mark is 0
+    pipe.connect(pub_thread._event_interface)
+    local.event_pipe = pipe
+    with pub_thread._event_pipe_gc_lock:
+        pub_thread._event_pipes[threading.current_thread()] = pipe
+    if old is not None:
+        old.close()
+
+
+def _take_over_writes(shell, streams, max_chars):
+    """Every write to the streams keeps fd output in order and the kernel's buffer bounded.
+
+    - Output written to file descriptors 1 and 2 (``os.write(1, ...)``, subprocesses, C
+      libraries) reaches ipykernel through a pipe and a reader thread, whenever that thread gets
+      to it: a ``print`` right after an ``os.write`` could come out first or split in two around
+      it, and output written just before a cell ends could be reported after the call. Here the
+      pipe is drained, under one lock per stream, by whoever comes first: a reader thread when
+      the pipe has data, every write before its own text, and the end of every cell.
+    - ipykernel buffers writes and sends them every 0.2 s: code printing in a loop would pile up
+      gigabytes in the kernel between two sends, and its output would reach the client seconds
+      late (after the call's timeout). Once ``max_chars`` are buffered, the stream is flushed
+      and the write waits for the send, which waits for the client: a flood streams at the
+      client's pace.
+    """
+    forwarders = []
+    order = _SendOrder.for_streams(streams)
+    for stream in streams:
+        pacer = _Pacer.for_stream(stream, max_chars)
+        forwarder = _FdForwarder.take_over(stream, pacer)
+        stream.__dict__.pop("write", None)
+        stream.__class__ = _stream_class(type(stream), forwarder, pacer, order)
+        if order is not None:
+            order.adopt(stream)
+        if forwarder is not None:
+            forwarder.start()
+            forwarders.append(forwarder)
+    if forwarders:
+        shell.events.register("post_execute", lambda *_: [forwarder.drain() for forwarder in forwarders])
+
+
+def _stream_class(base, forwarder, pacer, order=None):
+    """``base`` with a ``write`` that drains the descriptor's pipe first and paces after, and
+    buffers sent in the order ``order`` keeps.
+
+    ``write`` is a property so that it also wraps whatever is assigned to the instance's
+    ``write``: IPython 9 replaces it with a recording wrapper around every cell, then puts the
+    method it found back.
+    """
+
+    def wrapping(inner):
+        if forwarder is None and pacer is None:
+            return inner
+        if forwarder is not None:
+            count_pending, pending, busy = forwarder.fast_check()
+
+        def write(text, *args, **kwargs):
+            # Almost every write finds the pipe empty and the lock free: nothing written before
+            # it is on its way (the reader reads only under the lock). This check is the cost of
+            # every write, so it is made of C calls only.
+            if forwarder is not None:
+                try:
+                    count_pending()
+                except OSError:
+                    pass
+                else:
+                    if pending[0] or busy():
+                        forwarder.drain()
+            result = inner(text, *args, **kwargs)
+            if pacer is not None:
+                pacer.wrote(len(text))
+            return result
+
+        write.kernelexec_inner = inner
+        return write
+
+    def get_write(self):
+        wrapped = self.__dict__.get("_kernelexec_write")
+        if wrapped is None:
+            wrapped = self.__dict__["_kernelexec_write"] = wrapping(base.write.__get__(self))
+        return wrapped
+
+    def set_write(self, value):
+        self.__dict__["_kernelexec_write"] = wrapping(getattr(value, "kernelexec_inner", value))
+
+    def reset_write(self):
+        self.__dict__.pop("_kernelexec_write", None)
+
+    namespace = {"write": property(get_write, set_write, reset_write), "__module__": __name__}
+    if order is not None:
+
+        def _flush_buffers(self):
+            order.send_older_than(self)
+            return base._flush_buffers(self)
+
+        def _rotate_buffers(self):
+            with self._buffer_lock:
+                old_buffers = self._buffers
+                self._buffers = order.new_buffers(self)
+            return old_buffers
+
+        namespace.update(_flush_buffers=_flush_buffers, _rotate_buffers=_rotate_buffers)
+    return type("KernelexecStream", (base,), namespace)
+
+
+class _SendOrder(object):
+    """Sends the streams' buffers in the order their text was written.
+
+    ipykernel buffers each stream apart and sends a buffer at an explicit flush or on a timer of
+    its own, 0.2 s after its first write. The timers are never cancelled: one set before a flush
+    (the end of a cell, a traceback, a display) fires later, in the middle of the next cell's
+    output, and sends that stream's newer text ahead of the other stream's older text. (Right
+    after a cell or a ``kernel_info_request`` that wrote to stderr, a cell that prints, writes to
+    stderr and raises had its stderr first.) Here a stream about to send its buffer first has the
+    other stream send its own when it holds older text, whatever started the send. Text written
+    between two sends stays grouped by stream, as ipykernel sends it.
+    """
+
+    @classmethod
+    def for_streams(cls, streams):
+        for stream in streams:
+            if not (
+                isinstance(getattr(stream, "_buffers", None), dict)
+                and hasattr(stream, "_buffer_lock")
+                and hasattr(stream, "_flush_buffers")
+                and hasattr(stream, "_rotate_buffers")
+            ):
+                return None  # another ipykernel: its own order
+        return cls(streams)
+
+    def __init__(self, streams):
+        import itertools
+
+        self._streams = list(streams)
+        self._stamp = itertools.count().__next__  # atomic under the GIL
+        self._oldest = {}  # id(stream) -> stamp of its oldest unsent text, None when there is none
+
+    def new_buffers(self, stream):
+        """Empty buffers for ``stream`` (called under its buffer lock) that stamp their first text."""
+        from collections import defaultdict
+        from io import StringIO
+
+        key = id(stream)
+        oldest = self._oldest
+        oldest[key] = None
+
+        def first_text_since_sent():  # called by ipykernel's write, under the buffer lock
+            if oldest[key] is None:
+                oldest[key] = self._stamp()
+            return StringIO()
+
+        return defaultdict(first_text_since_sent)
+
+    def adopt(self, stream):
+        """Put ``stream``'s text not sent yet in stamped buffers."""
+        with stream._buffer_lock:
+            buffers = self.new_buffers(stream)
+            for parent, buffer in stream._buffers.items():
+                if buffer.tell():
+                    buffers[parent].write(buffer.getvalue())
+            stream._buffers = buffers
+
+    def send_older_than(self, stream):
+        """Before ``stream`` sends its buffer, have the streams holding older text send theirs."""
+        mine = self._oldest.get(id(stream))
+        if mine is None:
+            return
+        for other in self._streams:
+            theirs = self._oldest.get(id(other))
+            if other is not stream and theirs is not None and theirs < mine:
+                other._flush()  # on the thread sending ours, as ipykernel's _flush expects
+
+
+class _Pacer(object):
+    """Flushes a stream, and waits for the send, once ``max_chars`` are buffered in it."""
+
+    @classmethod
+    def for_stream(cls, stream, max_chars):
+        if not isinstance(getattr(stream, "_buffers", None), dict) or not hasattr(stream, "_buffer_lock"):
+            return None  # another ipykernel: its own pace
+        return cls(stream, max_chars)
+
+    def __init__(self, stream, max_chars):
+        self._stream = stream
+        self._max_chars = max_chars
+        self._unchecked = 0  # characters written since the buffer was last measured
+
+    def wrote(self, chars):
+        """Count ``chars`` written; measure the buffer (rarely) and flush it when full."""
+        self._unchecked += chars
+        if self._unchecked < self._max_chars:
+            return
+        self._unchecked = 0
+        stream = self._stream
+        with stream._buffer_lock:
+            buffered = sum(buffer.tell() for buffer in stream._buffers.values())
+        if buffered >= self._max_chars:
+            stream.flush()
