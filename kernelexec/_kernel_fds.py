@@ -232,7 +232,9 @@ class _InterruptDelivery(object):
         signal = self._signal
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # ipykernel's, for the request
             signal.signal(signal.SIGINT, self.on_sigint)
-        self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        previous = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        # Ours still, if a request ended without end_request(): never pass bytes on to ourselves.
+        self._previous_wakeup = -1 if previous == self._write_fd else previous
         self._running = True
 
     def end_request(self):
