@@ -158,9 +158,10 @@ class _InterruptDelivery(object):
     check but before a blocking system call starts (``time.sleep``, a read) does not interrupt the
     call, and the KeyboardInterrupt comes only when the call returns, seconds later (seen in 5 of
     150 early interrupts on a loaded machine). While a request runs, SIGINT is handled by a
-    handler that counts the interrupts it raises, and the signal's wakeup fd wakes a thread of
-    ours: if the handler has not run 50 ms after the signal came, the signal is sent again to the
-    main thread itself, which interrupts its system call. Signals not yet handled collapse into
+    handler of ours, and the signal's wakeup fd (a pipe) wakes a thread of
+    ours: a byte in the pipe is a signal the handler has not seen (the handler empties it), and
+    while one is there 50 ms later, the signal is sent again to the main thread itself, which
+    interrupts its system call. Signals not yet handled collapse into
     one, so the code gets one KeyboardInterrupt. A handler the code installed is left alone, and
     the handler's own frame is cut from the traceback the user sees.
     """
@@ -170,18 +171,16 @@ class _InterruptDelivery(object):
 
     def __init__(self):
         import signal
-        import time
 
         self._signal = signal
-        self._clock = time.monotonic
         self._main = threading.main_thread().ident
-        self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._write_fd, False)
-        # When the handler last raised, and when the watcher last saw an interrupt through: a
-        # signal that woke the watcher came after the latter, so it was handled if the former is
-        # later still (also when the watcher wakes only after its request ended).
-        self._raised_at = 0.0
-        self._settled_at = 0.0
+        import socket
+
+        # A socket pair, not a pipe: the watcher can look at what waits without taking it.
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._read_fd, self._write_fd = self._reader.fileno(), self._writer.fileno()
         self._running = False
         self._previous_wakeup = -1
 
@@ -218,7 +217,7 @@ class _InterruptDelivery(object):
         return delivery
 
     def on_sigint(self, signum, frame):
-        self._raised_at = self._clock()
+        self._drain()  # every signal that came so far is handled by this KeyboardInterrupt
         raise KeyboardInterrupt
 
     def cut_own_frame(self, tb):
@@ -240,43 +239,61 @@ class _InterruptDelivery(object):
     def end_request(self):
         self._running = False
         self._signal.set_wakeup_fd(self._previous_wakeup)
+        self._drain()  # a signal the request did not raise for (a handler of the code's own)
 
     def _watch(self):
+        """A byte in the pipe is a signal the handler has not seen yet (it empties the pipe):
+        while there is one, and the code is still ours to interrupt, send the signal again."""
+        import select
         import time
 
         signal = self._signal
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
         while True:
             try:
-                received = os.read(self._read_fd, 512)
+                poller.poll()
             except OSError:
                 return
-            if self._previous_wakeup != -1:  # it was someone else's (asyncio's): pass it on
-                try:
-                    os.write(self._previous_wakeup, received)
-                except OSError:
-                    pass
-            if signal.SIGINT not in received:
-                continue
-            for _ in range(self.MAX_RESENDS):
-                if self._handled():  # (also before we woke up: it is usually at once)
+            resends = 0
+            while self._sigint_waiting():
+                ours = signal.getsignal(signal.SIGINT) == self.on_sigint
+                if not (self._running and ours) or resends >= self.MAX_RESENDS:
+                    self._drain()
                     break
                 time.sleep(self.RECHECK_SECONDS)
-                if self._handled() or signal.getsignal(signal.SIGINT) != self.on_sigint:
-                    break  # handled, over, or the code handles SIGINT its own way
-                signal.pthread_kill(self._main, signal.SIGINT)
-            self._discard_own_wakeups()
-            self._settled_at = self._clock()
+                if self._sigint_waiting():
+                    signal.pthread_kill(self._main, signal.SIGINT)
+                    resends += 1
 
-    def _handled(self):
-        return self._raised_at > self._settled_at or not self._running
+    def _sigint_waiting(self):
+        """Whether a SIGINT waits unseen; other signals' bytes ahead of it are passed on."""
+        import socket
 
-    def _discard_own_wakeups(self):
-        """The signals sent again wrote wakeup bytes too; they are not new interrupts."""
-        os.set_blocking(self._read_fd, False)
         try:
-            while os.read(self._read_fd, 512):
-                pass
+            waiting = self._reader.recv(512, socket.MSG_PEEK)
+        except OSError:  # nothing
+            return False
+        others = waiting.find(bytes([self._signal.SIGINT]))
+        if others == -1:
+            others = len(waiting)
+        if others:
+            self._forward(self._reader.recv(others))
+        return others < len(waiting)
+
+    def _drain(self):
+        try:
+            while True:
+                received = self._reader.recv(512)
+                if not received:
+                    return
+                self._forward(received)
         except OSError:  # empty
             pass
-        finally:
-            os.set_blocking(self._read_fd, True)
+
+    def _forward(self, received):
+        if self._previous_wakeup != -1:  # someone else's (asyncio's): pass it on
+            try:
+                os.write(self._previous_wakeup, received)
+            except OSError:
+                pass
