@@ -25,13 +25,11 @@ from typing import Any, Callable, TypeVar
 from ._backend import KernelBackend
 from ._containment import PidsCgroup
 from ._errors import ForkNotSupported, ForkWarning, KernelexecError, KernelStartError
-from ._execute import DEADLINE, Call, pump
 from ._fork_client import FORK_SOURCE, ForkServer, runtime_path
 from ._forked_kernel import ForkedKernel
-from ._launch import prepare_kernel
+from ._launch import prepare_kernel, run_private
 from ._options import SessionOptions
 from ._process_kernel import ProcessKernel
-from ._traceback import plain_traceback
 from ._watchdog import OwnerDeathWatchdog
 
 T = TypeVar("T")
@@ -209,16 +207,7 @@ async def restore_kernel(checkpoint: AsyncCheckpoint, options: SessionOptions, w
 
 async def _run_for_answer(kernel: KernelBackend, code: str, options: SessionOptions) -> dict[str, Any]:
     """Run the checkpoint code silently; its JSON answer is the last line it printed."""
-    call = Call.send(kernel, code, silent=True, max_output_bytes=options.max_output_bytes)
-    ended = await pump(call, time.monotonic() + options.startup_timeout)
-    if ended is DEADLINE:
-        raise KernelStartError(f"the checkpoint did not finish within {options.startup_timeout:g} s")
-    if ended is not None:
-        raise KernelStartError(f"the kernel died while making a checkpoint: {ended.describe()}")
-    reply = call.collector.reply or {}
-    if reply.get("status") != "ok":
-        traceback = plain_traceback(reply.get("traceback", [])) or reply.get("evalue", "")
-        raise KernelStartError(f"the kernel could not make a checkpoint:\n{traceback}")
+    call = await run_private(kernel, code, options, "kernelexec's checkpoint code")
     lines = [line for node in call.collector.outputs() if node.get("name") == "stdout"
              for line in node.text.splitlines() if line.startswith("{")]  # fmt: skip
     return json.loads(lines[-1])

@@ -176,8 +176,9 @@ def _refuse_unenforceable_limits(kernel: KernelBackend, options: SessionOptions)
         )
 
 
-async def run_private(kernel: KernelBackend, code: str, options: SessionOptions, what: str) -> None:
-    """Run ``code`` silently (no history, no execution count); raise if it fails."""
+async def run_private(kernel: KernelBackend, code: str, options: SessionOptions, what: str) -> Call:
+    """Run ``code`` silently (no history, no execution count); raise if it fails. The call
+    holds what the code printed."""
     call = Call.send(kernel, code, silent=True, max_output_bytes=options.max_output_bytes)
     ended = await pump(call, time.monotonic() + options.startup_timeout)
     if ended is DEADLINE:
@@ -190,6 +191,7 @@ async def run_private(kernel: KernelBackend, code: str, options: SessionOptions,
     if reply.get("status") != "ok":
         traceback = plain_traceback(reply.get("traceback", [])) or reply.get("evalue", "")
         raise KernelStartError(f"{what} failed in the kernel; fix it and retry:\n{traceback}")
+    return call
 
 
 def _memory_limit_too_small(memory_limit: int, error: KernelStartError) -> str:
