@@ -27,7 +27,7 @@ from ._containment import PidsCgroup
 from ._errors import ForkNotSupported, ForkWarning, KernelexecError, KernelStartError
 from ._fork_client import FORK_SOURCE, ForkServer, runtime_path
 from ._forked_kernel import ForkedKernel
-from ._launch import prepare_kernel, run_private
+from ._launch import install_call, prepare_kernel, run_private
 from ._options import SessionOptions
 from ._process_kernel import ProcessKernel
 from ._watchdog import OwnerDeathWatchdog
@@ -35,15 +35,20 @@ from ._watchdog import OwnerDeathWatchdog
 T = TypeVar("T")
 log = logging.getLogger("kernelexec")
 
-# Run in the kernel, silently, in a namespace of its own: the fork code is compiled once per kernel.
+# Run in the kernel, silently, in a namespace of its own. The fork code is compiled once per
+# kernel, and sent only to a kernel that may not have it: kernels forked from a template or a
+# checkpoint have it already (a cell of 40 kB costs IPython milliseconds to transform).
 _CHECKPOINT_CODE = """
-shell = __import__("IPython").get_ipython()
+shell, source = __import__("IPython").get_ipython(), SOURCE
 fork = getattr(shell, "_kernelexec_fork", None)
-if fork is None:
-    fork = {"__name__": "__kernelexec_fork__"}
-    exec(compile(SOURCE, "<kernelexec-fork>", "exec"), fork)
-    shell._kernelexec_fork = fork
-fork["checkpoint"](PATH)
+if fork is None and source is None:
+    print('{"missing": "fork code"}')
+else:
+    if fork is None:
+        fork = {"__name__": "__kernelexec_fork__"}
+        exec(compile(source, "<kernelexec-fork>", "exec"), fork)
+        shell._kernelexec_fork = fork
+    fork["checkpoint"](PATH)
 """
 
 
@@ -54,8 +59,10 @@ class AsyncCheckpoint:
     """
 
     def __init__(self, server: ForkServer, execution_count: int, watchdog: OwnerDeathWatchdog | None,
-                 forget: Callable[[AsyncCheckpoint], None], cgroup: PidsCgroup | None = None) -> None:  # fmt: skip
+                 forget: Callable[[AsyncCheckpoint], None], cgroup: PidsCgroup | None = None,
+                 installed: tuple[str, bool] | None = None) -> None:  # fmt: skip
         self.server = server
+        self.installed = installed  # the source's install_call() and nproc limit
         self._cgroup = cgroup
         self.execution_count = execution_count
         self.created = time.time()
@@ -133,8 +140,8 @@ class Checkpoint:
             self._run(self.async_checkpoint.aclose())
 
 
-def refuse_unforkable(kernel: KernelBackend) -> None:
-    """``ForkNotSupported`` unless ``kernel`` is a local Python kernel."""
+def refuse_unforkable(kernel: KernelBackend) -> ProcessKernel:
+    """``kernel``, if it is a local Python kernel; ``ForkNotSupported`` otherwise."""
     if not isinstance(kernel, ProcessKernel):
         raise ForkNotSupported(
             "this session's kernel runs on a gateway: only local kernels can be forked or "
@@ -143,18 +150,21 @@ def refuse_unforkable(kernel: KernelBackend) -> None:
     language = kernel.info.get("language_info", {}).get("name", "unknown")
     if language != "python":
         raise ForkNotSupported(f"only Python kernels can be forked or checkpointed; this one is {language!r}")
+    return kernel
 
 
 async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execution_count: int,
                           forget: Callable[[AsyncCheckpoint], None]) -> AsyncCheckpoint:  # fmt: skip
     """Make a frozen copy of ``kernel`` (idle); warns (``ForkWarning``) of threads it cannot copy."""
-    refuse_unforkable(kernel)
+    kernel = refuse_unforkable(kernel)
     path = runtime_path("kx-cp-", ".sock")
-    code = _CHECKPOINT_CODE.replace("SOURCE", repr(FORK_SOURCE)).replace("PATH", repr(path))
-    private = f"exec(compile({code!r}, '<kernelexec>', 'exec'), {{'__name__': '__kernelexec__'}})"
     answer: dict[str, Any] = {}
     try:
-        answer = await _run_for_answer(kernel, private, options)
+        if kernel.has_fork_code:
+            answer = await _run_for_answer(kernel, _checkpoint_code(path, None), options)
+        if "pid" not in answer:
+            answer = await _run_for_answer(kernel, _checkpoint_code(path, FORK_SOURCE), options)
+            kernel.has_fork_code = True
         server = await ForkServer.connect(path, options.startup_timeout)
     except BaseException:  # a copy made but not taken over (cancelled, unreachable) must go
         if "pid" in answer:
@@ -165,7 +175,8 @@ async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execut
         raise
     cgroup = _own_cgroup(answer["pid"])
     watchdog = OwnerDeathWatchdog.start(answer["pid"], [path], cgroup.path if cgroup else None)
-    checkpoint = AsyncCheckpoint(server, execution_count, watchdog, forget, cgroup)
+    installed = (install_call(options, kernel.needs_nproc_limit), kernel.needs_nproc_limit)
+    checkpoint = AsyncCheckpoint(server, execution_count, watchdog, forget, cgroup, installed)
     if answer.get("threads"):
         try:
             warnings.warn(ForkWarning(
@@ -176,6 +187,11 @@ async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execut
             await checkpoint.aclose()
             raise
     return checkpoint
+
+
+def _checkpoint_code(path: str, source: str | None) -> str:
+    code = _CHECKPOINT_CODE.replace("SOURCE", repr(source)).replace("PATH", repr(path))
+    return f"exec(compile({code!r}, '<kernelexec>', 'exec'), {{'__name__': '__kernelexec__'}})"
 
 
 def _own_cgroup(pid: int) -> PidsCgroup | None:
@@ -193,12 +209,16 @@ def _own_cgroup(pid: int) -> PidsCgroup | None:
 
 
 async def restore_kernel(checkpoint: AsyncCheckpoint, options: SessionOptions, witnesses: list[ForkServer]) -> ForkedKernel:
-    """A new kernel forked from ``checkpoint``, with kernelexec's hooks installed afresh."""
+    """A new kernel forked from ``checkpoint``, with kernelexec's hooks installed afresh: by the
+    copy itself, from its source's, where those are the hooks ``options`` need (no round trip)."""
     if checkpoint.closed:
         raise KernelStartError(f"{checkpoint!r} is closed; take a new checkpoint")
-    kernel = await ForkedKernel.start(checkpoint.server, options, witnesses=witnesses)
+    installed = checkpoint.installed
+    reinstall = installed is not None and installed[0] == install_call(options, installed[1])
+    kernel = await ForkedKernel.start(checkpoint.server, options, witnesses=witnesses, reinstall=reinstall)
     try:
-        await prepare_kernel(kernel, options, startup_code=False)
+        if not reinstall or kernel.needs_nproc_limit != installed[1]:
+            await prepare_kernel(kernel, options, startup_code=False)
     except BaseException:
         await kernel.shutdown(graceful=False)
         raise

@@ -60,7 +60,7 @@ class PidsCgroup:
 
     def kill_and_remove(self, wait: float = 2.0) -> None:
         """SIGKILL every process in the cgroup, then remove it (dying processes take a moment)."""
-        deadline = time.monotonic() + wait
+        deadline, pause = time.monotonic() + wait, 0.0005
         while True:
             kill_all(self.pids())
             try:
@@ -71,7 +71,8 @@ class PidsCgroup:
             except OSError:
                 if time.monotonic() > deadline:
                     return
-                time.sleep(0.01)
+                time.sleep(pause)  # a killed process leaves in well under a millisecond, mostly
+                pause = min(pause * 2, 0.01)
 
 
 def descendants(pid: int) -> dict[int, bytes]:

@@ -8,8 +8,9 @@ with ``python -c SOURCE + "serve_template(path)"``; a live kernel runs it in a p
 A fork server is one thread blocked in ``poll()`` on an AF_UNIX socket (mode 0600, unlinked on
 exit). Clients send JSON objects, one per line, and get each reply on their connection:
 ``{"op": "ping"}``, ``{"op": "fork", "id", "connection_file", "stderr_path", "env", "cwd", "rlimits",
-"argv"}`` (a child in its own session becomes a kernel on the client's connection file; its pid is
-replied only once it leads its process group), ``{"op": "close"}`` (the server exits, its children
+"argv", "reinstall"}`` (a child in its own session becomes a kernel on the client's connection file;
+its pid is replied only once it leads its process group; ``reinstall``: a checkpoint's child
+installs kernelexec's hooks again, as its source had them, before it serves), ``{"op": "close"}`` (the server exits, its children
 stay). Every connection also gets ``{"event": "exited", "pid", "returncode"}`` for each process
 the server reaps: its children, and for the template (a subreaper) orphans among their descendants.
 """
@@ -94,6 +95,7 @@ def _check_fork_request(request):
     argv = need("argv", list, optional=True) or []
     if not all(isinstance(arg, str) for arg in argv):
         raise ValueError("fork: 'argv' must be a list of str")
+    need("reinstall", bool, optional=True)
 
 
 class _Server(object):
@@ -253,7 +255,7 @@ class _Server(object):
                 conn.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
-            app = self.make_app(request["connection_file"], list(request.get("argv") or []))
+            app = self.make_app(request)
             code = 1
             _run(app)
             code = 0
@@ -373,16 +375,18 @@ def _become_subreaper():
         pass
 
 
-def _fresh_app(connection_file, argv):
+def _fresh_app(request):
     """A new kernel, as ``python -m ipykernel_launcher -f connection_file *argv`` makes it."""
     from ipykernel.kernelapp import IPKernelApp
 
+    connection_file, argv = request["connection_file"], list(request.get("argv") or [])
     _set_argv(connection_file, argv)
     before = _open_fds()
     app = IPKernelApp.instance()
     app.parent_handle = 0  # its default was read from the template's environment
     app.initialize(["-f", connection_file] + argv)
     _note(app.shell, _new_fds(before))
+    app.shell._kernelexec_fork = globals()  # this code, for checkpoints of the kernel
     return app
 
 

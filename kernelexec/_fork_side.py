@@ -95,38 +95,47 @@ def _machinery(shell, app):
     noted = getattr(shell, _MACHINERY, None)
     if noted is None:
         raise RuntimeError("note_machinery_fds() was not called when this kernel became ready")
-    now = _open_fds()
-    endpoints = _endpoint_inodes(app)
+    endpoints = _endpoints(app)
     machinery = set()
-    for fd, target in now.items():
+    for fd, target in _open_fds().items():
         if fd <= 2:
             continue
         if noted.get(fd) == target or target in _LATE_KINDS:
             machinery.add(fd)
-        elif target.startswith("socket:[") and target[8:-1] in endpoints:
+        elif target.startswith("socket:[") and _local_address(fd) in endpoints:
             machinery.add(fd)
     return machinery
 
 
-def _endpoint_inodes(app):
-    """Inodes of the sockets on the kernel's own endpoints (later connections of its clients)."""
+def _endpoints(app):
+    """The kernel's own endpoints, as ``_local_address`` gives them for a connection a client made
+    to one later: the port for tcp, the path for ipc."""
     ports = set(getattr(app, "_ports", {}).values())
     ports.add(getattr(app.iopub_thread, "_pipe_port", None))
-    paths = set("%s-%s" % (app.ip, port) for port in ports)
-    inodes = set()
+    ports.discard(None)
+    if getattr(app, "transport", "tcp") == "ipc":
+        return set("%s-%s" % (app.ip, port) for port in ports)
+    return ports
+
+
+def _local_address(fd):
+    """The local port (tcp) or path (unix) of the socket ``fd``, or None.
+    (Looked up per socket: reading /proc/net/tcp takes milliseconds on a busy machine.)"""
+    import socket
+
     try:
-        with open("/proc/net/unix") as table:
-            for fields in (line.split() for line in list(table)[1:]):
-                if len(fields) > 7 and fields[7] in paths:
-                    inodes.add(fields[6])
-        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with open(name) as table:
-                for fields in (line.split() for line in list(table)[1:]):
-                    if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) in ports:
-                        inodes.add(fields[9])
-    except (OSError, ValueError, IndexError):
-        pass
-    return inodes
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    try:
+        address = sock.getsockname()
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    if isinstance(address, bytes):
+        address = address.decode("utf-8", "surrogateescape")
+    return address[1] if isinstance(address, tuple) else address
 
 
 def _kernel_threads(shell, app):
@@ -245,20 +254,23 @@ def _serve_checkpoint(listener, path, machinery, report):
         for fd in machinery - set([listener.fileno(), null]):
             os.dup2(null, fd, inheritable=False)
         os.close(null)
-        server = _Server(listener, path, lambda cf, argv: _rebuilt_app(cf, argv, len(machinery)))
+        server = _Server(listener, path, lambda request: _rebuilt_app(request, len(machinery)))
         report()
         server.serve()
     finally:
         _exit(1)
 
 
-def _rebuilt_app(connection_file, argv, placeholders):
-    """In a fork child of a checkpoint: new kernel machinery around the existing shell.
+def _rebuilt_app(request, placeholders):
+    """In a fork child of a checkpoint: new kernel machinery around the existing shell, with
+    kernelexec's hooks installed again if the request says so (they are the source's: the client
+    asks only when it would install the same).
     ``placeholders``: how many fds the checkpoint holds on /dev/null (the user keeps as many)."""
     import asyncio
 
     from ipykernel.kernelapp import IPKernelApp
 
+    connection_file, argv = request["connection_file"], list(request.get("argv") or [])
     old_app = IPKernelApp.instance()
     shell, old_streams = old_app.shell, (sys.stdout, sys.stderr)
     _retire(old_app)
@@ -282,6 +294,8 @@ def _rebuilt_app(connection_file, argv, placeholders):
     for old, new in zip(old_streams, (sys.stdout, sys.stderr)):
         _forward(old, new)
     _note(shell, _new_fds(before))
+    if request.get("reinstall"):  # install() set it: the same hooks, on the running new kernel
+        asyncio.get_event_loop().call_soon(shell._kernelexec_reinstall)  # before any request
     return app
 
 
@@ -369,7 +383,7 @@ def _forward(old, new):
 
 def _forget_kernelexec_hooks(shell):
     """Remove what kernelexec's ``install()`` put on the shell, so that it installs afresh (on the
-    new streams too) when the client runs it in the copy."""
+    new streams too): by the copy itself (``reinstall``), or when the client runs it in the copy."""
     if not getattr(shell, "_kernelexec_installed", False):
         return
 

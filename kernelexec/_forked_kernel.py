@@ -40,6 +40,8 @@ KERNEL_ARGV = ["--HistoryManager.hist_file=:memory:"]
 class ForkedKernel(ProcessKernel):
     """A kernel forked by ``server``; see the module docstring."""
 
+    has_fork_code = True  # a fork server's child has the fork server's code
+
     def __init__(self, kernel_id: str, connection_file: str, info: dict[str, Any], stderr_path: str) -> None:
         super().__init__(open(stderr_path, "rb"))
         self.kernel_id = kernel_id
@@ -78,10 +80,12 @@ class ForkedKernel(ProcessKernel):
         return any(server.connected for server in self._servers)
 
     @classmethod
-    async def start(cls, server: ForkServer, options: SessionOptions, *, witnesses: list[ForkServer]) -> ForkedKernel:
+    async def start(cls, server: ForkServer, options: SessionOptions, *, witnesses: list[ForkServer],
+                    reinstall: bool = False) -> ForkedKernel:  # fmt: skip
         """Fork a kernel from ``server`` for ``options``; ready to take requests.
 
         ``witnesses`` are other servers that may reap it later (the template, a subreaper).
+        ``reinstall``: a checkpoint's copy installs its source's kernelexec hooks itself.
         """
         kernel = cls._new(options.kernel_name)
         _LIVE_KERNELS.add(kernel)
@@ -89,7 +93,7 @@ class ForkedKernel(ProcessKernel):
             kernel._servers = [server, *witnesses]
             for witness in kernel._servers:
                 witness.on_exit(kernel._on_status)
-            kernel._pid = await server.fork(kernel._fork_request(options))
+            kernel._pid = await server.fork({**kernel._fork_request(options), "reinstall": reinstall})
             kernel._contain(options.max_processes)
             cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
             kernel._watchdog = OwnerDeathWatchdog.start(kernel._pid, kernel._files(), cgroup)

@@ -203,8 +203,13 @@ def install(
     max_message_chars, memory_limit=None, max_processes=None, max_bundle_chars=None,
     payload_source=PAYLOAD_SOURCE, stderr_keep_bytes=STDERR_KEEP_BYTES,
 ):
-    """Install kernelexec's hooks in the running IPython kernel (idempotent)."""
+    """Install kernelexec's hooks in the running IPython kernel (idempotent).
+
+    A copy of the kernel made by fork (``_fork_side``) calls ``shell._kernelexec_reinstall()`` to
+    install the same hooks on its new machinery, without the client sending this source again.
+    """
     global _INTERNAL_DIRS, PAYLOAD_SOURCE, STDERR_KEEP_BYTES
+    arguments = dict(locals())
     from IPython import get_ipython
 
     PAYLOAD_SOURCE, STDERR_KEEP_BYTES = payload_source, stderr_keep_bytes
@@ -219,6 +224,7 @@ def install(
     if getattr(shell, "_kernelexec_installed", False):
         return
     shell._kernelexec_installed = True
+    shell._kernelexec_reinstall = lambda: install(**arguments)
     _INTERNAL_DIRS = _internal_dirs()
     _report_errors(shell)
     _InterruptDelivery.install(shell)

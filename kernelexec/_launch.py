@@ -149,14 +149,20 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions, *, star
 
 def bootstrap_code(kernel: KernelBackend, options: SessionOptions) -> str:
     """Code that runs ``_kernel_side`` in a private namespace and installs its hooks."""
-    nproc = options.max_processes if kernel.needs_nproc_limit else None
-    install = (
-        f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r}, {nproc!r},"
-        f" {options.max_output_bytes!r}, {ERROR_PAYLOAD_SOURCE!r}, {STDERR_KEEP_BYTES!r})"
-    )
+    install = install_call(options, kernel.needs_nproc_limit)
     return (
         f"exec(compile({KERNEL_SOURCE + chr(10) + install!r}, '<kernelexec>', 'exec'),"
         " {'__name__': '__kernelexec__'})"
+    )
+
+
+def install_call(options: SessionOptions, nproc_limit: bool) -> str:
+    """The ``install(...)`` call that prepares a kernel for ``options`` (``nproc_limit``: the
+    kernel enforces ``max_processes`` itself). Equal calls install equal hooks."""
+    nproc = options.max_processes if nproc_limit else None
+    return (
+        f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r}, {nproc!r},"
+        f" {options.max_output_bytes!r}, {ERROR_PAYLOAD_SOURCE!r}, {STDERR_KEEP_BYTES!r})"
     )
 
 

@@ -32,6 +32,7 @@ class ProcessKernel:
     """The parts of a local kernel backend that do not depend on how the process was made."""
 
     needs_nproc_limit = False  # set when max_processes must be enforced by the kernel itself
+    has_fork_code = False  # whether the kernel holds the code that checkpoints it (``_checkpoints``)
 
     def __init__(self, stderr_file: IO[bytes]) -> None:
         self._stderr_file = stderr_file

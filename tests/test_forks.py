@@ -164,6 +164,43 @@ def test_a_spawned_session_can_be_forked_too():
             child.shutdown()
 
 
+def test_a_copy_installs_its_sources_hooks_itself_unless_its_session_needs_others(monkeypatch):
+    from kernelexec import _checkpoints
+
+    prepared = []
+    prepare = _checkpoints.prepare_kernel
+    monkeypatch.setattr(_checkpoints, "prepare_kernel", lambda *a, **k: prepared.append(a) or prepare(*a, **k))
+    flood = "print('x' * 20000)"
+    with kx.Session(timeout=30, launcher="fork", max_output_bytes=2000) as s:
+        s.execute("y = 5")
+        child = s.fork()
+        try:
+            assert not prepared  # the copy installed the hooks itself: no setup sent to it
+            r = child.execute(flood)  # the hooks are there: the bound, the error payloads
+            assert r.truncated_bytes > 0 and len(r.stdout) < 4000
+            failed = child.execute("def g(a):\n    return 1 / a\ng(0)")
+            assert failed.status == "error" and failed.error.ename == "ZeroDivisionError"
+            assert [frame.name for frame in failed.error.frames][-1] == "g"
+            with s.checkpoint() as cp, kx.Session(timeout=30, launcher="fork", max_output_bytes=50_000) as other:
+                other.restore(cp)  # other options: other hooks, installed by the client
+                assert len(prepared) == 1
+                assert other.execute("y").result == "5"
+                whole = other.execute(flood)
+                assert whole.truncated_bytes == 0 and len(whole.stdout) == 20001
+        finally:
+            child.shutdown()
+
+
+def test_a_kernel_that_lost_the_fork_code_is_sent_it_again():
+    with kx.Session(timeout=30, launcher="fork") as s:
+        s.execute("y = 5\ndel get_ipython()._kernelexec_fork")
+        child = s.fork()
+        try:
+            assert child.execute("y").result == "5"
+        finally:
+            child.shutdown()
+
+
 # Checkpoints
 
 
