@@ -60,6 +60,7 @@ class KernelBackend(Protocol):
     info: dict[str, Any]  # the kernel_info_reply content
     # max_processes must be enforced by the kernel on itself (RLIMIT_NPROC), see _containment.
     needs_nproc_limit: bool
+    installed: str | None  # the install(...) call kernelexec's in-kernel hooks were installed with
 
     def request(self, channel: str, msg_type: str, content: dict[str, Any], parent: Message | None = None) -> str:
         """Send a message; returns its msg_id."""

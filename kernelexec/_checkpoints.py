@@ -27,7 +27,7 @@ from ._containment import PidsCgroup
 from ._errors import ForkNotSupported, ForkWarning, KernelexecError, KernelStartError
 from ._fork_client import FORK_SOURCE, ForkServer, runtime_path
 from ._forked_kernel import ForkedKernel
-from ._launch import install_call, prepare_kernel, run_private
+from ._launch import prepare_kernel, run_private, self_install
 from ._options import SessionOptions
 from ._process_kernel import ProcessKernel
 from ._watchdog import OwnerDeathWatchdog
@@ -60,9 +60,9 @@ class AsyncCheckpoint:
 
     def __init__(self, server: ForkServer, execution_count: int, watchdog: OwnerDeathWatchdog | None,
                  forget: Callable[[AsyncCheckpoint], None], cgroup: PidsCgroup | None = None,
-                 installed: tuple[str, bool] | None = None) -> None:  # fmt: skip
+                 has_hooks: bool = False) -> None:  # fmt: skip
         self.server = server
-        self.installed = installed  # the source's install_call() and nproc limit
+        self.has_hooks = has_hooks  # the source had kernelexec's hooks: the copy has their code
         self._cgroup = cgroup
         self.execution_count = execution_count
         self.created = time.time()
@@ -175,8 +175,7 @@ async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execut
         raise
     cgroup = _own_cgroup(answer["pid"])
     watchdog = OwnerDeathWatchdog.start(answer["pid"], [path], cgroup.path if cgroup else None)
-    installed = (install_call(options, kernel.needs_nproc_limit), kernel.needs_nproc_limit)
-    checkpoint = AsyncCheckpoint(server, execution_count, watchdog, forget, cgroup, installed)
+    checkpoint = AsyncCheckpoint(server, execution_count, watchdog, forget, cgroup, kernel.installed is not None)
     if answer.get("threads"):
         try:
             warnings.warn(ForkWarning(
@@ -209,16 +208,14 @@ def _own_cgroup(pid: int) -> PidsCgroup | None:
 
 
 async def restore_kernel(checkpoint: AsyncCheckpoint, options: SessionOptions, witnesses: list[ForkServer]) -> ForkedKernel:
-    """A new kernel forked from ``checkpoint``, with kernelexec's hooks installed afresh: by the
-    copy itself, from its source's, where those are the hooks ``options`` need (no round trip)."""
+    """A new kernel forked from ``checkpoint``, with kernelexec's hooks installed afresh (by the
+    copy itself, with its source's code, where it has it)."""
     if checkpoint.closed:
         raise KernelStartError(f"{checkpoint!r} is closed; take a new checkpoint")
-    installed = checkpoint.installed
-    reinstall = installed is not None and installed[0] == install_call(options, installed[1])
-    kernel = await ForkedKernel.start(checkpoint.server, options, witnesses=witnesses, reinstall=reinstall)
+    install = self_install(options) if checkpoint.has_hooks else None
+    kernel = await ForkedKernel.start(checkpoint.server, options, witnesses=witnesses, install=install)
     try:
-        if not reinstall or kernel.needs_nproc_limit != installed[1]:
-            await prepare_kernel(kernel, options, startup_code=False)
+        await prepare_kernel(kernel, options, startup_code=False)
     except BaseException:
         await kernel.shutdown(graceful=False)
         raise

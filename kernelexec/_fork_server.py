@@ -8,9 +8,10 @@ with ``python -c SOURCE + "serve_template(path)"``; a live kernel runs it in a p
 A fork server is one thread blocked in ``poll()`` on an AF_UNIX socket (mode 0600, unlinked on
 exit). Clients send JSON objects, one per line, and get each reply on their connection:
 ``{"op": "ping"}``, ``{"op": "fork", "id", "connection_file", "stderr_path", "env", "cwd", "rlimits",
-"argv", "reinstall"}`` (a child in its own session becomes a kernel on the client's connection file;
-its pid is replied only once it leads its process group; ``reinstall``: a checkpoint's child
-installs kernelexec's hooks again, as its source had them, before it serves), ``{"op": "close"}`` (the server exits, its children
+"argv", "install"}`` (a child in its own session becomes a kernel on the client's connection file;
+its pid is replied only once it leads its process group; ``install``: the ``install(...)`` call of
+kernelexec's in-kernel code the child runs before it serves a request), ``{"op": "load",
+"source"}`` (compile that code in the server, for its children), ``{"op": "close"}`` (the server exits, its children
 stay). Every connection also gets ``{"event": "exited", "pid", "returncode"}`` for each process
 the server reaps: its children, and for the template (a subreaper) orphans among their descendants.
 """
@@ -26,6 +27,7 @@ import traceback
 _MACHINERY = "_kernelexec_fork_machinery"  # shell attribute: {fd: readlink target}
 _CHILD_FAILED = 70
 _MAX_BUFFER = 16 * 1024 * 1024
+_KERNELEXEC = {}  # a template's copy of kernelexec's in-kernel code (the "load" op)
 
 
 def _exit(code):
@@ -95,7 +97,7 @@ def _check_fork_request(request):
     argv = need("argv", list, optional=True) or []
     if not all(isinstance(arg, str) for arg in argv):
         raise ValueError("fork: 'argv' must be a list of str")
-    need("reinstall", bool, optional=True)
+    need("install", str, optional=True)
 
 
 class _Server(object):
@@ -199,10 +201,29 @@ class _Server(object):
             return {"ok": True, "pid": os.getpid()}
         if op == "fork":
             return self.fork(request)
+        if op == "load":
+            return self.load(request)
         if op == "close":
             self.conns[fd][2] += b'{"ok": true}\n'
             self.close(0)
         return {"ok": False, "error": "unknown op %r" % (op,)}
+
+    def load(self, request):
+        """Compile kernelexec's in-kernel code once, here: every child shares it, and installs it
+        without the client sending it (``{"op": "load", "source"}``, before forking)."""
+        import gc
+
+        reply = {"id": request.get("id")}
+        try:
+            namespace = {"__name__": "__kernelexec__"}
+            exec(compile(request["source"], "<kernelexec>", "exec"), namespace)
+        except Exception:
+            return dict(reply, ok=False, error=traceback.format_exc())
+        _KERNELEXEC.clear()
+        _KERNELEXEC.update(namespace)
+        gc.collect()
+        gc.freeze()
+        return dict(reply, ok=True)
 
     def fork(self, request):
         reply = {"id": request.get("id")}
@@ -387,7 +408,26 @@ def _fresh_app(request):
     app.initialize(["-f", connection_file] + argv)
     _note(app.shell, _new_fds(before))
     app.shell._kernelexec_fork = globals()  # this code, for checkpoints of the kernel
+    if request.get("install"):
+        _install_soon(_KERNELEXEC, request["install"])
     return app
+
+
+def _install_soon(namespace, call):
+    """Run ``call`` (kernelexec's ``install(...)``) in ``namespace`` as the kernel's loop starts,
+    before it handles any request; a kernel it fails in exits (the client reports its stderr)."""
+    import asyncio
+
+    def install():
+        try:
+            if "install" not in namespace:
+                raise RuntimeError("kernelexec's in-kernel code is not loaded here")
+            exec(call, namespace)
+        except BaseException:
+            os.write(2, ("kernelexec's in-kernel setup failed:\n" + traceback.format_exc()).encode("utf-8", "replace"))
+            _exit(_CHILD_FAILED)
+
+    asyncio.get_event_loop().call_soon(install)
 
 
 def _set_argv(connection_file, argv):

@@ -1,7 +1,7 @@
 """Checkpoints: a frozen copy of a live kernel, whose fork children become kernels with its state.
 
 Shipped after ``_fork_server``'s source, as one text (names such as ``_Server``, ``_listen``,
-``_open_fds``, ``_note``, ``_exit``, ``_MACHINERY`` come from there). A live kernel runs
+``_open_fds``, ``_note``, ``_exit``, ``_install_soon``, ``_MACHINERY`` come from there). A live kernel runs
 ``checkpoint(path)`` in a cell: a grandchild of the kernel (double fork: the kernel holds no
 zombie) serves the protocol at ``path``; each ``fork`` it gets makes a child that builds new kernel
 machinery around the existing IPython shell (namespace, imports, magics, formatters, execution
@@ -263,8 +263,7 @@ def _serve_checkpoint(listener, path, machinery, report):
 
 def _rebuilt_app(request, placeholders):
     """In a fork child of a checkpoint: new kernel machinery around the existing shell, with
-    kernelexec's hooks installed again if the request says so (they are the source's: the client
-    asks only when it would install the same).
+    kernelexec's hooks installed again if the request says how.
     ``placeholders``: how many fds the checkpoint holds on /dev/null (the user keeps as many)."""
     import asyncio
 
@@ -294,8 +293,8 @@ def _rebuilt_app(request, placeholders):
     for old, new in zip(old_streams, (sys.stdout, sys.stderr)):
         _forward(old, new)
     _note(shell, _new_fds(before))
-    if request.get("reinstall"):  # install() set it: the same hooks, on the running new kernel
-        asyncio.get_event_loop().call_soon(shell._kernelexec_reinstall)  # before any request
+    if request.get("install"):  # with the source's compiled code (install() keeps it on the shell)
+        _install_soon(getattr(shell, "_kernelexec_namespace", {}), request["install"])
     return app
 
 
@@ -383,7 +382,7 @@ def _forward(old, new):
 
 def _forget_kernelexec_hooks(shell):
     """Remove what kernelexec's ``install()`` put on the shell, so that it installs afresh (on the
-    new streams too): by the copy itself (``reinstall``), or when the client runs it in the copy."""
+    new streams too): by the copy itself (the fork request's ``install``), or by the client."""
     if not getattr(shell, "_kernelexec_installed", False):
         return
 

@@ -81,11 +81,12 @@ class ForkedKernel(ProcessKernel):
 
     @classmethod
     async def start(cls, server: ForkServer, options: SessionOptions, *, witnesses: list[ForkServer],
-                    reinstall: bool = False) -> ForkedKernel:  # fmt: skip
+                    install: str | None = None) -> ForkedKernel:  # fmt: skip
         """Fork a kernel from ``server`` for ``options``; ready to take requests.
 
         ``witnesses`` are other servers that may reap it later (the template, a subreaper).
-        ``reinstall``: a checkpoint's copy installs its source's kernelexec hooks itself.
+        ``install``: the ``install(...)`` call the child runs itself, with the server's copy of
+        kernelexec's in-kernel code, before it serves (see ``_launch.prepare_kernel``).
         """
         kernel = cls._new(options.kernel_name)
         _LIVE_KERNELS.add(kernel)
@@ -93,13 +94,14 @@ class ForkedKernel(ProcessKernel):
             kernel._servers = [server, *witnesses]
             for witness in kernel._servers:
                 witness.on_exit(kernel._on_status)
-            kernel._pid = await server.fork({**kernel._fork_request(options), "reinstall": reinstall})
+            kernel._pid = await server.fork({**kernel._fork_request(options), "install": install})
             kernel._contain(options.max_processes)
             cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
             kernel._watchdog = OwnerDeathWatchdog.start(kernel._pid, kernel._files(), cgroup)
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, options.startup_timeout, f"a forked {options.kernel_name!r} kernel")
             await kernel._await_stdin_connection(options.startup_timeout)
+            kernel.installed = install
         except BaseException as error:
             last_words = kernel.stderr_tail()
             await kernel.shutdown(graceful=False)

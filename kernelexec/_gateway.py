@@ -50,6 +50,7 @@ class GatewayKernel:
     """A kernel run by a Jupyter gateway, driven over its REST API and websocket."""
 
     needs_nproc_limit = False  # max_processes is refused for gateway kernels (see _options)
+    installed: str | None = None
 
     def __init__(self, rest: GatewayREST, kernel_id: str) -> None:
         self.config = rest.config

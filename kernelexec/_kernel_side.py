@@ -205,11 +205,10 @@ def install(
 ):
     """Install kernelexec's hooks in the running IPython kernel (idempotent).
 
-    A copy of the kernel made by fork (``_fork_side``) calls ``shell._kernelexec_reinstall()`` to
-    install the same hooks on its new machinery, without the client sending this source again.
+    A copy of the kernel made by fork (``_fork_side``) installs the hooks on its new machinery
+    with the code kept in ``shell._kernelexec_namespace``: the client need not send it again.
     """
     global _INTERNAL_DIRS, PAYLOAD_SOURCE, STDERR_KEEP_BYTES
-    arguments = dict(locals())
     from IPython import get_ipython
 
     PAYLOAD_SOURCE, STDERR_KEEP_BYTES = payload_source, stderr_keep_bytes
@@ -224,7 +223,7 @@ def install(
     if getattr(shell, "_kernelexec_installed", False):
         return
     shell._kernelexec_installed = True
-    shell._kernelexec_reinstall = lambda: install(**arguments)
+    shell._kernelexec_namespace = globals()
     _INTERNAL_DIRS = _internal_dirs()
     _report_errors(shell)
     _InterruptDelivery.install(shell)

@@ -107,8 +107,16 @@ class Launcher:
                 await self.close()
                 argv0 = fork_interpreter(self.options)
                 self._template = await Template.acquire(argv0, self.options.kernel_env(), self.options.startup_timeout)
+            if not self._template.loaded:
+                await self._template.load(KERNEL_SOURCE)
             server = self._template.server
-        return await ForkedKernel.start(server, self.options, witnesses=[])
+        return await ForkedKernel.start(server, self.options, witnesses=[], install=self_install(self.options))
+
+
+def self_install(options: SessionOptions) -> str | None:
+    """The ``install(...)`` call a forked kernel for ``options`` runs itself as it starts, if any.
+    (A memory limit is left to the client's setup: it reports a limit too small to start.)"""
+    return install_call(options, False) if options.memory_limit is None else None
 
 
 def fork_interpreter(options: SessionOptions) -> str:
@@ -132,15 +140,18 @@ def fork_interpreter(options: SessionOptions) -> str:
 
 
 async def prepare_kernel(kernel: KernelBackend, options: SessionOptions, *, startup_code: bool = True) -> None:
-    """Install kernelexec's in-kernel hooks (Python kernels), then run the startup code (not in
-    a copy of a kernel that ran it already)."""
+    """Install kernelexec's in-kernel hooks (Python kernels; unless the kernel did, as it
+    started), then run the startup code (not in a copy of a kernel that ran it already)."""
     if kernel.info.get("language_info", {}).get("name") == "python":
-        try:
-            await run_private(kernel, bootstrap_code(kernel, options), options, "kernelexec's in-kernel setup")
-        except KernelStartError as error:
-            if options.memory_limit is None:
-                raise
-            raise KernelStartError(_memory_limit_too_small(options.memory_limit, error)) from error
+        call = install_call(options, kernel.needs_nproc_limit)
+        if kernel.installed != call:  # a forked kernel installs them itself as it starts
+            try:
+                await run_private(kernel, bootstrap_code(kernel, options), options, "kernelexec's in-kernel setup")
+            except KernelStartError as error:
+                if options.memory_limit is None:
+                    raise
+                raise KernelStartError(_memory_limit_too_small(options.memory_limit, error)) from error
+            kernel.installed = call
     else:
         _refuse_unenforceable_limits(kernel, options)
     if options.startup_code and startup_code:

@@ -33,6 +33,7 @@ class ProcessKernel:
 
     needs_nproc_limit = False  # set when max_processes must be enforced by the kernel itself
     has_fork_code = False  # whether the kernel holds the code that checkpoints it (``_checkpoints``)
+    installed: str | None = None  # the install(...) call its kernelexec hooks were installed with
 
     def __init__(self, stderr_file: IO[bytes]) -> None:
         self._stderr_file = stderr_file

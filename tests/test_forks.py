@@ -164,31 +164,32 @@ def test_a_spawned_session_can_be_forked_too():
             child.shutdown()
 
 
-def test_a_copy_installs_its_sources_hooks_itself_unless_its_session_needs_others(monkeypatch):
-    from kernelexec import _checkpoints
+def test_forked_kernels_install_kernelexecs_hooks_themselves_with_their_sessions_options(monkeypatch):
+    from kernelexec import _launch
 
-    prepared = []
-    prepare = _checkpoints.prepare_kernel
-    monkeypatch.setattr(_checkpoints, "prepare_kernel", lambda *a, **k: prepared.append(a) or prepare(*a, **k))
+    sent = []
+    bootstrap = _launch.bootstrap_code
+    monkeypatch.setattr(_launch, "bootstrap_code", lambda *a: sent.append(a) or bootstrap(*a))
     flood = "print('x' * 20000)"
     with kx.Session(timeout=30, launcher="fork", max_output_bytes=2000) as s:
         s.execute("y = 5")
         child = s.fork()
         try:
-            assert not prepared  # the copy installed the hooks itself: no setup sent to it
             r = child.execute(flood)  # the hooks are there: the bound, the error payloads
             assert r.truncated_bytes > 0 and len(r.stdout) < 4000
             failed = child.execute("def g(a):\n    return 1 / a\ng(0)")
             assert failed.status == "error" and failed.error.ename == "ZeroDivisionError"
             assert [frame.name for frame in failed.error.frames][-1] == "g"
             with s.checkpoint() as cp, kx.Session(timeout=30, launcher="fork", max_output_bytes=50_000) as other:
-                other.restore(cp)  # other options: other hooks, installed by the client
-                assert len(prepared) == 1
+                other.restore(cp)  # a copy for other options installs the hooks for those
                 assert other.execute("y").result == "5"
                 whole = other.execute(flood)
                 assert whole.truncated_bytes == 0 and len(whole.stdout) == 20001
         finally:
             child.shutdown()
+    assert not sent  # no kernel was sent the setup: each installed it as it started
+    with kx.Session(timeout=30, launcher="spawn") as spawned:
+        assert spawned.execute("1").result == "1" and len(sent) == 1
 
 
 def test_a_kernel_that_lost_the_fork_code_is_sent_it_again():
