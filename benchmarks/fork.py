@@ -14,7 +14,7 @@ import psutil
 
 import kernelexec as kx
 
-STARTS, PARALLEL, CALLS = 7, 32, 60
+STARTS, PARALLEL, CALLS, KERNELS = 7, 32, 60, 16
 
 
 def median_ms(samples: list[float]) -> float:
@@ -78,11 +78,13 @@ def per_call(keep_state: bool, big: bool, think: float) -> float:
         return median_ms(samples)
 
 
-def pss_per_kernel(launcher: str, count: int) -> float:
+def pss_per_kernel(launcher: str, count: int, code: str) -> float:
+    """Mean PSS of ``count`` kernels that ran ``code`` (the template's share is divided among
+    the kernels and itself, as PSS divides every shared page)."""
     sessions = [kx.Session(launcher=launcher).start() for _ in range(count)]
     try:
         for s in sessions:
-            s.execute("import numpy")
+            s.execute(code)
         total = 0
         for s in sessions:
             pid = s.async_session._state.kernel.pid
@@ -113,9 +115,11 @@ def main() -> None:
             plain, kept = per_call(False, big, think), per_call(True, big, think)
             label = ("500 MB session" if big else "small session ") + (", 0.2 s apart" if think else ", back to back")
             print(f"  {label}: plain {plain:6.2f} ms   keep_state_on_restart {kept:6.2f} ms   (+{kept - plain:.2f} ms)")
-    print(f"idle PSS per kernel with numpy imported, {PARALLEL} kernels")
-    spawn_pss, fork_pss = pss_per_kernel("spawn", PARALLEL), pss_per_kernel("fork", PARALLEL)
-    print(f"  spawn {spawn_pss:6.1f} MB   fork {fork_pss:6.1f} MB   kernels per GB: {1024 / spawn_pss:.0f} vs {1024 / fork_pss:.0f}")
+    for label, code in (("idle", "1"), ("numpy imported", "import numpy")):
+        print(f"PSS per kernel, {KERNELS} kernels, {label}")
+        spawn_pss, fork_pss = pss_per_kernel("spawn", KERNELS, code), pss_per_kernel("fork", KERNELS, code)
+        print(f"  spawn {spawn_pss:6.1f} MB   fork {fork_pss:6.1f} MB   kernels per GB: "
+              f"{1024 / spawn_pss:.0f} vs {1024 / fork_pss:.0f} ({spawn_pss / fork_pss:.2f}x)")
 
 
 if __name__ == "__main__":
