@@ -154,8 +154,10 @@ def refuse_unforkable(kernel: KernelBackend) -> ProcessKernel:
 
 
 async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execution_count: int,
-                          forget: Callable[[AsyncCheckpoint], None]) -> AsyncCheckpoint:  # fmt: skip
-    """Make a frozen copy of ``kernel`` (idle); warns (``ForkWarning``) of threads it cannot copy."""
+                          forget: Callable[[AsyncCheckpoint], None],
+                          kernel_done: Callable[[], None] = lambda: None) -> AsyncCheckpoint:  # fmt: skip
+    """Make a frozen copy of ``kernel`` (idle); warns (``ForkWarning``) of threads it cannot copy.
+    ``kernel_done`` is called once the kernel's part is over (the kernel may take requests)."""
     kernel = refuse_unforkable(kernel)
     path = runtime_path("kx-cp-", ".sock")
     answer: dict[str, Any] = {}
@@ -165,6 +167,7 @@ async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execut
         if "pid" not in answer:
             answer = await _run_for_answer(kernel, _checkpoint_code(path, FORK_SOURCE), options)
             kernel.has_fork_code = True
+        kernel_done()
         server = await ForkServer.connect(path, options.startup_timeout)
     except BaseException:  # a copy made but not taken over (cancelled, unreachable) must go
         if "pid" in answer:
@@ -239,7 +242,9 @@ class SessionCheckpoints:
         self.open: list[AsyncCheckpoint] = []
         self._before_call: AsyncCheckpoint | None = None  # the state now, while it is not stale
         self._discard: list[AsyncCheckpoint] = []
-        self._pending: asyncio.Future[None] | None = None
+        self._pending: asyncio.Future[None] | None = None  # a copy being made in the background
+        self._kernel_free: asyncio.Event | None = None  # ... whose request has ended in the kernel
+        self._generation = 0  # of the state: a copy finished after a change is stale
 
     async def take(self, kernel: KernelBackend, execution_count: int) -> AsyncCheckpoint:
         checkpoint = await take_checkpoint(kernel, self._options, execution_count, self._forget)
@@ -254,8 +259,11 @@ class SessionCheckpoints:
         return checkpoint
 
     async def before_call(self, kernel: KernelBackend, execution_count: int) -> None:
-        """Keep a copy of the state before a call, unless the one kept is still that state."""
-        await self.settle()
+        """Keep a copy of the state before a call, unless the one kept (or being made) is of
+        that state."""
+        await self.settle(kernel_only=True)
+        if self._pending is not None and not self._pending.done():
+            return
         if self._before_call is not None and not self._before_call.closed:
             return
         await self.close_stale()
@@ -265,38 +273,60 @@ class SessionCheckpoints:
         """The call changed the state: copy it in the background, off the next call's path
         (an agent thinks between calls); ``settle()`` waits for it."""
         self.state_changed()
-        self._pending = asyncio.ensure_future(self._refresh(kernel, execution_count))
+        self._kernel_free = asyncio.Event()
+        self._pending = asyncio.ensure_future(self._refresh(kernel, execution_count, self._generation, self._kernel_free))
 
-    async def settle(self) -> None:
+    async def settle(self, *, kernel_only: bool = False) -> None:
         """Wait for a copy being made in the background: nothing else may read the kernel's
-        messages meanwhile (they would be taken from the copy's request). A cancellation of
-        the waiter does not cancel the copy."""
-        pending = self._pending
-        if pending is not None:
-            await asyncio.wait([pending])
-            if self._pending is pending:
-                self._pending = None
+        messages meanwhile (they would be taken from the copy's request). ``kernel_only``: wait
+        only until the copy's request has ended in the kernel (a call may run while the rest
+        of the copy is made). A cancellation of the waiter does not cancel the copy."""
+        pending, free = self._pending, self._kernel_free
+        if pending is None:
+            return
+        if kernel_only and free is not None:
+            freed = asyncio.ensure_future(free.wait())
+            try:
+                await asyncio.wait([pending, freed], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                freed.cancel()
+            return
+        await asyncio.wait([pending])
+        if self._pending is pending:
+            self._pending = None
 
     @property
     def active(self) -> bool:
         """Whether any copy of this session is open or being made (they live on its loop)."""
-        return bool(self.open or self._before_call or self._discard or self._pending)
+        making = self._pending is not None and not self._pending.done()
+        return bool(self.open or self._before_call or self._discard or making)
 
-    async def _refresh(self, kernel: KernelBackend, execution_count: int) -> None:
-        await self.close_stale()
+    async def _refresh(self, kernel: KernelBackend, execution_count: int, generation: int, free: asyncio.Event) -> None:
         try:
-            self._before_call = await take_checkpoint(kernel, self._options, execution_count, lambda _: None)
+            copy = await take_checkpoint(kernel, self._options, execution_count, lambda _: None, kernel_done=free.set)
         except (KernelexecError, ConnectionError, OSError) as error:  # the next call tries again
             log.debug("could not keep a copy of the state after a call: %s", error)
+        else:
+            if generation == self._generation:
+                self._before_call = copy
+            else:  # the state changed while the copy was being made (a restore, a restart)
+                self._discard.append(copy)
+        finally:
+            free.set()
+        await self.close_stale()
 
     def state_changed(self) -> None:
-        """The kernel ran code (or is new): the copy kept is of an older state."""
+        """The kernel ran code (or is new): the copy kept, or being made, is of an older state."""
+        self._generation += 1
         stale, self._before_call = self._before_call, None
         if stale is not None:
             self._discard.append(stale)
 
-    @property
-    def before_call_copy(self) -> AsyncCheckpoint | None:
+    async def copy_before_call(self) -> AsyncCheckpoint | None:
+        """The copy of the state before the call in flight (waiting for it to be made)."""
+        pending = self._pending
+        if pending is not None:
+            await asyncio.wait([pending])
         return self._before_call
 
     async def close_stale(self) -> None:

@@ -110,7 +110,7 @@ class SessionCopies:
 
     async def _restore_state_before(self, call: Call) -> bool:
         """After a call that needs a restart: resume from the copy kept before it, if any."""
-        copy = self._checkpoints.before_call_copy
+        copy = await self._checkpoints.copy_before_call()
         if copy is None or self._state.closed:
             return False
         try:

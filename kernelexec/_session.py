@@ -91,7 +91,7 @@ class AsyncSession(SessionCopies, SessionBase):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
         time_limit = check_timeout(timeout, self._options.timeout)
         async with self._lock:
-            await self._checkpoints.settle()
+            await self._checkpoints.settle(kernel_only=True)
             kernel = await self._ensure_kernel()
             await self._finish_abandoned(kernel)
             keep_state = self._options.keep_state_on_restart

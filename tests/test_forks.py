@@ -272,6 +272,18 @@ def test_keep_state_on_restart_resumes_from_before_the_failed_call(failing, stat
         assert s.execute("x = 3").ok and s.execute("x").result == "3"
 
 
+def test_keep_state_on_restart_keeps_the_latest_state_of_calls_made_back_to_back():
+    # Each call starts while the copy of the state before it is still being made (its kernel
+    # part is over): a copy that ends after the next call changed the state must be dropped.
+    with kx.Session(timeout=30, keep_state_on_restart=True, launcher="fork") as s:
+        for i in range(12):
+            s.execute(f"x = {i}")
+        r = s.execute("import os\nos._exit(1)")
+        assert r.status == "died" and r.state_restored
+        assert s.execute("x").result == "11"
+    # (a copy kept past its time would be a process and a socket file left: the leak check)
+
+
 def test_restart_during_a_call_gives_a_fresh_kernel_even_with_keep_state_on_restart():
     with kx.Session(timeout=30, keep_state_on_restart=True, launcher="fork") as s:
         s.execute("x = 1")
