@@ -64,6 +64,11 @@ class Launcher:
             from ._gateway import GatewayKernel
 
             return await GatewayKernel.start(options)
+        if options.sandbox is not None and self._no_fork is None:
+            self._no_fork = "sandboxed kernels are spawned (forks of a sandboxed template are not built yet)"
+            if options.launcher == "fork":
+                raise KernelStartError(f"launcher='fork' cannot be used with sandbox: {self._no_fork}")
+            log.debug("spawning kernels instead of forking them: %s", self._no_fork)
         if options.launcher != "spawn" and self._no_fork is None:
             try:
                 return await self._fork()
@@ -75,6 +80,7 @@ class Launcher:
         return await LocalKernel.start(
             options.kernel_name, cwd=options.cwd, env=options.kernel_env(),
             startup_timeout=options.startup_timeout, max_processes=options.max_processes,
+            sandbox=options.sandbox,
         )  # fmt: skip
 
     @property

@@ -172,12 +172,12 @@ class ProcessKernel:
             self._channels = None
 
 
-    def _contain(self, max_processes: int | None) -> None:
-        """Put the kernel in a cgroup of its own where possible (see ``_containment``)."""
-        pid = self.pid
-        assert pid is not None
+    def _contain(self, max_processes: int | None, pid: int | None = None) -> None:
+        """Put the kernel (or ``pid``, the process it descends from) in a cgroup of its own
+        where possible (see ``_containment``)."""
+        pid = pid or self.pid
         self._cgroup = PidsCgroup.create(f"kernelexec-{self.kernel_id}", max_processes)
-        if self._cgroup is not None:
+        if self._cgroup is not None and pid is not None:
             try:
                 self._cgroup.add(pid)
                 return

@@ -22,7 +22,7 @@ class OwnerDeathWatchdog:
 
     SCRIPT = (
         'if read -r _; then exit 0; fi; '
-        'kill -9 -"$0" 2>/dev/null; rm -f "$@"; '  # dash's kill takes no --
+        'kill -9 -"$0" 2>/dev/null; rm -f "$@" 2>/dev/null; rmdir "$@" 2>/dev/null; '  # dash's kill takes no --; dirs last
         'if [ -n "$KERNELEXEC_CGROUP" ]; then for i in 1 2 3 4 5 6 7 8 9 10; do '
         '[ -d "$KERNELEXEC_CGROUP" ] || break; '
         'for p in $(cat "$KERNELEXEC_CGROUP/cgroup.procs" 2>/dev/null); do kill -9 "$p"; done; '
