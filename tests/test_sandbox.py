@@ -364,3 +364,64 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# -- every face takes the option -----------------------------------------------------------
+
+HOME_CODE = "import os; print(os.environ['HOME'], os.path.exists({secret!r}))"
+
+
+def test_a_manager_and_its_warm_pool_sandbox_their_sessions(tmp_path, secrets):
+    with kx.SessionManager(sandbox=True, cwd=tmp_path, pool_size=1) as manager:
+        for name in ("a", "b"):  # the first from the pool, the second started after it
+            r = manager.session(name).execute(HOME_CODE.format(secret=secrets["home_secret"]))
+            assert r.stdout == "/home/sandbox False\n", r.text
+
+
+def test_run_notebook_sandboxes_its_kernel(tmp_path, secrets):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(HOME_CODE.format(secret=secrets["home_secret"]))])
+    executed = kx.run_notebook(nb, cwd=tmp_path, sandbox=True)
+    assert executed.cells[0].outputs[0]["text"] == "/home/sandbox False\n"
+
+
+@pytest.mark.parametrize("sandbox", [True, False])
+def test_the_cli_exec_sandbox_flag(tmp_path, secrets, sandbox):
+    from conftest import run_cli
+
+    flags = ["--sandbox"] if sandbox else []
+    done = run_cli("exec", *flags, "--cwd", str(tmp_path), HOME_CODE.format(secret=secrets["home_secret"]))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("/home/sandbox False" if sandbox else f"{Path.home()} True"), done.stdout
+
+
+def test_the_cli_run_sandbox_flag(tmp_path, secrets):
+    import nbformat
+    from conftest import run_cli
+
+    source = tmp_path / "nb.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(HOME_CODE.format(secret=secrets["home_secret"]))]), source)
+    done = run_cli("run", "--sandbox", str(source), "-o", str(tmp_path / "out.ipynb"))
+    assert done.returncode == 0, done.stderr
+    assert nbformat.read(tmp_path / "out.ipynb", 4).cells[0].outputs[0]["text"] == "/home/sandbox False\n"
+
+
+def test_the_aide_interpreter_passes_the_sandbox_on(tmp_path, secrets):
+    pytest.importorskip("humanize")
+    from kernelexec.integrations.aide import Interpreter
+
+    with Interpreter(tmp_path, timeout=10, pool_size=0, sandbox=True) as interpreter:
+        r = interpreter.run(HOME_CODE.format(secret=secrets["home_secret"]))
+        assert r.term_out[0] == "/home/sandbox False\n", r.term_out
+
+
+def test_the_smolagents_executor_passes_the_sandbox_on(tmp_path, secrets):
+    pytest.importorskip("smolagents")
+    from kernelexec.integrations.smolagents import KernelExecutor
+
+    executor = KernelExecutor(timeout=10, sandbox=True, cwd=tmp_path)
+    try:
+        assert executor.session.execute(HOME_CODE.format(secret=secrets["home_secret"])).stdout == "/home/sandbox False\n"
+    finally:
+        executor.cleanup()
