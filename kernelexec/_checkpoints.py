@@ -143,19 +143,30 @@ def refuse_unforkable(kernel: KernelBackend) -> None:
     language = kernel.info.get("language_info", {}).get("name", "unknown")
     if language != "python":
         raise ForkNotSupported(f"only Python kernels can be forked or checkpointed; this one is {language!r}")
+    if getattr(kernel, "sandboxed", False) and kernel.view is None:
+        raise ForkNotSupported(
+            "this sandboxed kernel was spawned (launcher='spawn'): copies made in its sandbox would "
+            "die with it. Use the default launcher, which forks sandboxed kernels from a sandboxed template"
+        )
 
 
 async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execution_count: int,
                           forget: Callable[[AsyncCheckpoint], None]) -> AsyncCheckpoint:  # fmt: skip
     """Make a frozen copy of ``kernel`` (idle); warns (``ForkWarning``) of threads it cannot copy."""
     refuse_unforkable(kernel)
-    path = runtime_path("kx-cp-", ".sock")
+    view = kernel.view  # type: ignore[attr-defined]
+    path = runtime_path("kx-cp-", ".sock", view.directory if view is not None else None)
     code = _CHECKPOINT_CODE.replace("SOURCE", repr(FORK_SOURCE)).replace("PATH", repr(path))
     private = f"exec(compile({code!r}, '<kernelexec>', 'exec'), {{'__name__': '__kernelexec__'}})"
     answer: dict[str, Any] = {}
     try:
         answer = await _run_for_answer(kernel, private, options)
-        server = await ForkServer.connect(path, options.startup_timeout)
+        if view is not None and "pid" in answer:  # the sandbox's pid, as we see it
+            outer = view.outer_pid(answer.pop("pid"))
+            if outer is None:
+                raise KernelStartError("the checkpoint's copy of the kernel exited at once (see the kernel's stderr)")
+            answer["pid"] = outer
+        server = await ForkServer.connect(path, options.startup_timeout, view)
     except BaseException:  # a copy made but not taken over (cancelled, unreachable) must go
         if "pid" in answer:
             with contextlib.suppress(OSError):

@@ -53,6 +53,10 @@ class LocalKernel(ProcessKernel):
         self._sandboxed = sandboxed
 
     @property
+    def sandboxed(self) -> bool:
+        return self._sandboxed is not None
+
+    @property
     def kernel_id(self) -> str:
         return self._manager.kernel_id or ""
 

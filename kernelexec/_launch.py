@@ -64,11 +64,6 @@ class Launcher:
             from ._gateway import GatewayKernel
 
             return await GatewayKernel.start(options)
-        if options.sandbox is not None and self._no_fork is None:
-            self._no_fork = "sandboxed kernels are spawned (forks of a sandboxed template are not built yet)"
-            if options.launcher == "fork":
-                raise KernelStartError(f"launcher='fork' cannot be used with sandbox: {self._no_fork}")
-            log.debug("spawning kernels instead of forking them: %s", self._no_fork)
         if options.launcher != "spawn" and self._no_fork is None:
             try:
                 return await self._fork()
@@ -112,7 +107,10 @@ class Launcher:
             if self._template is None or not self._template.alive:
                 await self.close()
                 argv0 = fork_interpreter(self.options)
-                self._template = await Template.acquire(argv0, self.options.kernel_env(), self.options.startup_timeout)
+                options = self.options
+                self._template = await Template.acquire(
+                    argv0, options.kernel_env(), options.startup_timeout, sandbox=options.sandbox, cwd=options.cwd
+                )  # fmt: skip
             server = self._template.server
         return await ForkedKernel.start(server, self.options, witnesses=[])
 

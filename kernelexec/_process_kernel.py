@@ -17,6 +17,7 @@ from ._backend import KernelDeath, KernelDied
 from ._channels import ZmqChannels, open_pidfd
 from ._containment import PidsCgroup, descendants, process_limit_for_root_unavailable
 from ._errors import KernelStartError
+from ._sandbox_start import SandboxView
 from ._watchdog import OwnerDeathWatchdog
 from ._wire import STDERR_KEEP_BYTES, Message
 
@@ -42,6 +43,8 @@ class ProcessKernel:
         self._watchdog: OwnerDeathWatchdog | None = None
         self._cgroup: PidsCgroup | None = None
         self.info: dict[str, Any] = {}
+        # A kernel in a sandbox that can fork copies (a sandboxed template's): see _sandbox_start.
+        self.view: SandboxView | None = None
 
     @property
     def pid(self) -> int | None:

@@ -143,7 +143,7 @@ def sandbox_env(env: Mapping[str, str]) -> dict[str, str]:
 
 def bwrap_argv(
     sandbox: Sandbox, command: list[str], *, cwd: str, env: Mapping[str, str], runtime_dir: str,
-    block_fd: int, seccomp_fd: int | None,
+    block_fd: int | None, seccomp_fd: int | None,
 ) -> list[str]:  # fmt: skip
     """``bwrap`` running ``command`` under ``sandbox``'s policy, in ``cwd``, its channels'
     sockets in ``runtime_dir``; it waits for a byte on ``block_fd`` before the command runs."""
@@ -161,7 +161,9 @@ def bwrap_argv(
             argv += [how, path, path]
     # The sandbox's root is a tmpfs holding the mount points: read-only, so a write outside the
     # writable binds fails (EROFS) rather than vanishing into it.
-    argv += ["--remount-ro", "/", "--chdir", cwd, "--block-fd", str(block_fd)]
+    argv += ["--remount-ro", "/", "--chdir", cwd]
+    if block_fd is not None:
+        argv += ["--block-fd", str(block_fd)]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     return argv + ["--", *command]

@@ -19,12 +19,14 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from ._containment import descendants
 from ._errors import SandboxUnavailable
-from ._sandbox import Sandbox, bwrap_argv
+from ._sandbox import Sandbox, bwrap_argv, sandbox_env
 
 INFO_WAIT_SECONDS = 10.0
 
@@ -115,6 +117,54 @@ class SandboxedStart:
                 os.close(fd)
                 setattr(self, name, None)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+class SandboxView:
+    """How the owner reaches processes in one sandbox: the directory bound read-write into it
+    (for sockets and connection files), and the translation of the pids they report (their
+    own, in the sandbox's PID namespace) into the owner's, found among ``root``'s descendants."""
+
+    def __init__(self, directory: str, root: int) -> None:
+        self.directory = directory
+        self.root = root
+        self._outer: dict[int, int] = {}
+
+    def outer_pid(self, inner: int) -> int | None:
+        """The owner's pid of the sandbox's process ``inner`` (a living one), or ``None``."""
+        for pid in descendants(self.root):
+            if _namespace_pids(pid)[-1:] == [inner]:
+                self._outer[inner] = pid
+                return pid
+        return None
+
+    def known_outer_pid(self, inner: int) -> int | None:
+        """What ``outer_pid`` found for ``inner`` before (the process may be gone now)."""
+        return self._outer.get(inner)
+
+
+def _namespace_pids(pid: int) -> list[int]:
+    """A process's pids, outermost namespace first (/proc/PID/status ``NSpid``)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return [int(field) for field in line.split()[1:]]
+    except (OSError, ValueError):
+        pass
+    return []
+
+
+def popen_sandboxed(sandbox: Sandbox, command: list[str], *, cwd: str, env: Mapping[str, str], directory: str,
+                    **popen: Any) -> subprocess.Popen[bytes]:  # fmt: skip
+    """``command`` started under ``sandbox`` by bwrap (a fork template): the caller's
+    ``subprocess.Popen`` keywords, the sandbox's environment."""
+    seccomp = seccomp_fd()
+    try:
+        argv = bwrap_argv(sandbox, command, cwd=cwd, env=env, runtime_dir=directory, block_fd=None, seccomp_fd=seccomp)
+        return subprocess.Popen(argv, env=sandbox_env(env), pass_fds=(seccomp,) if seccomp is not None else (), **popen)
+    finally:
+        if seccomp is not None:
+            os.close(seccomp)
 
 
 def exit_status(returncode: int | None) -> int | None:

@@ -82,9 +82,50 @@ def test_a_machine_without_a_sandbox_says_what_is_missing(monkeypatch):
         kx.Session(sandbox=True)
 
 
-def test_launcher_fork_with_a_sandbox_says_why_it_cannot(tmp_path):
-    with pytest.raises(kx.KernelStartError, match="sandbox"):
-        kx.Session(sandbox=True, cwd=tmp_path, launcher="fork").start()
+def test_a_spawned_sandboxed_kernel_cannot_be_copied_and_says_why(tmp_path):
+    with kx.Session(sandbox=True, cwd=tmp_path, launcher="spawn") as s:
+        with pytest.raises(kx.ForkNotSupported, match="launcher='spawn'"):
+            s.checkpoint()
+        assert s.execute("1 + 1").result == "2"
+
+
+# -- forks and checkpoints stay in the sandbox -------------------------------------------------
+
+SANDBOXED_CODE = "import os; (os.environ['HOME'], os.path.exists({secret!r}), os.getpid() < 100)"
+
+
+@pytest.mark.parametrize("launcher", ["fork", "spawn"])
+def test_both_launchers_sandbox_the_kernel(tmp_path, secrets, launcher):
+    with kx.Session(sandbox=True, cwd=tmp_path, launcher=launcher, timeout=30) as s:
+        assert s.execute(SANDBOXED_CODE.format(secret=secrets["home_secret"])).result == "('/home/sandbox', False, True)"
+
+
+def test_forks_and_checkpoints_of_a_sandboxed_session_stay_sandboxed(tmp_path, secrets):
+    check = SANDBOXED_CODE.format(secret=secrets["home_secret"])
+    with kx.Session(sandbox=True, cwd=tmp_path, launcher="fork", timeout=30) as s:
+        s.execute("state = 1")
+        child = s.fork()
+        try:
+            assert child.execute("state").result == "1"
+            assert child.execute(check).result == "('/home/sandbox', False, True)"
+            r = child.execute("import time; time.sleep(30)", timeout=1)  # interrupts reach the copy
+            assert r.status == "timeout" and not r.restarted, r.text
+        finally:
+            child.shutdown()
+        with s.checkpoint() as cp:
+            s.execute("state = 2")
+            s.restore(cp)
+            assert s.execute("state").result == "1"
+            assert s.execute(check).result == "('/home/sandbox', False, True)"
+
+
+def test_keep_state_on_restart_resumes_inside_the_sandbox(tmp_path, secrets):
+    with kx.Session(sandbox=True, cwd=tmp_path, keep_state_on_restart=True, timeout=30) as s:
+        s.execute("state = 'kept'")
+        r = s.execute("import os; os.kill(os.getpid(), 9)")
+        assert r.status == "died" and r.state_restored, r.text
+        assert s.execute("state").result == "'kept'"
+        assert s.execute(SANDBOXED_CODE.format(secret=secrets["home_secret"])).result == "('/home/sandbox', False, True)"
 
 
 # -- the escape battery ----------------------------------------------------------------------
@@ -118,9 +159,10 @@ def secrets(tmp_path_factory) -> Iterator[dict[str, str]]:
             path.unlink()
 
 
-@pytest.fixture(scope="module")
-def sandboxed(secrets, module_leak_check) -> Iterator[kx.Session]:
-    with kx.Session(sandbox=True, cwd=secrets["cwd"], timeout=30) as session:
+@pytest.fixture(scope="module", params=["fork", "spawn"])
+def sandboxed(request, secrets, module_leak_check) -> Iterator[kx.Session]:
+    """A sandboxed session of each launcher: forked from a sandboxed template, or spawned."""
+    with kx.Session(sandbox=True, cwd=secrets["cwd"], timeout=30, launcher=request.param) as session:
         yield session
 
 
