@@ -119,8 +119,9 @@ class LocalKernel(ProcessKernel):
                 kernel._contain(max_processes)
             cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
             kernel._watchdog = OwnerDeathWatchdog.start(
-                manager.provisioner.pgid, _kernel_files(manager), cgroup
-            )
+                manager.provisioner.pgid, _kernel_files(manager), cgroup,
+                sandboxed.runtime_dir if sandboxed is not None else None,
+            )  # fmt: skip
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, startup_timeout, f"kernel {kernel_name!r}")
             await kernel._await_stdin_connection(startup_timeout)
@@ -271,8 +272,6 @@ def _kernel_files(manager: AsyncKernelManager) -> list[str]:
     files = [manager.connection_file]
     if info["transport"] == "ipc":
         files += [f"{info['ip']}-{info[f'{channel}_port']}" for channel in CHANNEL_NAMES]
-    if os.path.basename(manager.connection_file) == "kernel.json":  # a sandboxed kernel's own dir
-        files.append(os.path.dirname(manager.connection_file))
     return files
 
 
