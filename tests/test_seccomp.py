@@ -210,3 +210,34 @@ def test_known_architectures_have_a_filter(monkeypatch: pytest.MonkeyPatch, mach
     if sys.platform.startswith("linux") and sys.byteorder == "little":
         assert seccomp_unavailable_reason() is None
         assert sandbox_filter() == build_filter()
+
+
+def test_a_jupyter_kernel_runs_under_the_filter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real kernelexec session whose kernel has the filter: refusals are errors, it goes on.
+
+    The kernel spec's interrupt mode is "message": bwrap's own process, the kernel's parent, does
+    not pass SIGINT on (with or without the filter), which is the sandbox launcher's business.
+    """
+    import kernelexec as kx
+
+    bwrap = _bwrap()
+    (tmp_path / "filter.bpf").write_bytes(sandbox_filter())
+    launcher = tmp_path / "launch.sh"
+    launcher.write_text(
+        f'#!/bin/sh\nexec {bwrap} --bind / / --dev /dev --proc /proc --seccomp 3 -- '
+        f'{sys.executable} -m ipykernel_launcher -f "$1" 3< {tmp_path / "filter.bpf"}\n')
+    launcher.chmod(0o755)
+    spec = tmp_path / "kernels" / "seccomp-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(launcher), "{connection_file}"], "display_name": "seccomp test",
+        "language": "python", "interrupt_mode": "message"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    with kx.Session("seccomp-test", timeout=30) as session:
+        status = session.execute("print(open('/proc/self/status').read().count('Seccomp:\\t2'))")
+        assert status.stdout == "1\n"  # mode 2: a filter is loaded
+        refused = session.execute(f"import os; os.chmod({str(launcher)!r}, 0o4755)")
+        assert refused.error is not None and refused.error.ename == "PermissionError"
+        assert session.execute("import time; time.sleep(30)", timeout=1).status == "timeout"
+        assert session.execute("print(6 * 7)").stdout == "42\n"
+    assert launcher.stat().st_mode & 0o7777 == 0o755
