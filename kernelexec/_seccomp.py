@@ -16,7 +16,7 @@ Layout of the program::
     load arch
     x86_64?  -> x86_64 block      aarch64? -> aarch64 block      else -> kill (foreign ABI)
     each block: load nr; refused? -> EPERM; clone3/openat2? -> ENOSYS; clone, chmod, open,
-                personality, ioctl -> their argument check; otherwise allow
+                personality, ioctl, socket -> their argument check; otherwise allow
     shared tails: the argument checks and the return statements
 """
 
@@ -94,6 +94,10 @@ TIOCSTI = 0x5412  # push characters into a terminal's input: the owner's shell w
 TIOCLINUX = 0x541C  # the same through a virtual console's selection
 PER_LINUX = 0
 PERSONALITY_QUERY = 0xFFFFFFFF
+# Socket families Python code uses: AF_UNSPEC, AF_UNIX, AF_INET, AF_INET6, AF_NETLINK (the
+# interface list). Others (packet, vsock, bluetooth, obscure protocols whose modules the kernel
+# loads on first use) fail with EAFNOSUPPORT, as under Flatpak.
+SOCKET_FAMILIES = (0, 1, 2, 10, 16)
 
 # Calls allowed only with some arguments: name -> (argument index, check). The index is the same
 # on both architectures for these calls.
@@ -110,6 +114,8 @@ ARGUMENT_RULES: dict[str, tuple[int, str]] = {
     "mknodat": (2, "no_setid"),
     "personality": (0, "default_personality"),  # e.g. ADDR_NO_RANDOMIZE turns off ASLR
     "ioctl": (1, "no_terminal_injection"),
+    "socket": (0, "known_family"),
+    "socketpair": (0, "known_family"),
 }
 
 AUDIT_ARCH_X86_64 = 0xC000003E
@@ -136,7 +142,8 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "mknodat": 259, "fchmodat": 268, "unshare": 272, "perf_event_open": 298,
         "name_to_handle_at": 303, "open_by_handle_at": 304, "setns": 308,
         "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "finit_module": 313,
-        "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323,
+        "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323, "socket": 41,
+        "socketpair": 53,
         **_SHARED_NEW,
     },
     "aarch64": {
@@ -148,7 +155,8 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "swapoff": 225, "perf_event_open": 241, "name_to_handle_at": 264,
         "open_by_handle_at": 265, "setns": 268, "process_vm_readv": 270,
         "process_vm_writev": 271, "kcmp": 272, "finit_module": 273, "bpf": 280,
-        "userfaultfd": 282, "kexec_file_load": 294,
+        "userfaultfd": 282, "kexec_file_load": 294, "socket": 198,
+        "socketpair": 199,
         **_SHARED_NEW,
     },
 }
@@ -252,6 +260,10 @@ def _argument_checks(asm: _Assembler) -> None:
         elif check == "no_terminal_injection":
             asm.jump(BPF_JEQ, TIOCSTI, "deny")
             asm.jump(BPF_JEQ, TIOCLINUX, "deny", "allow")
+        elif check == "known_family":
+            for family in SOCKET_FAMILIES:
+                asm.jump(BPF_JEQ, family, "allow")
+            asm.ret(SECCOMP_RET_ERRNO | errno.EAFNOSUPPORT)
         else:
             raise ValueError(f"unknown argument check {check!r}")
 

@@ -20,6 +20,7 @@ import mmap
 import os
 import platform
 import signal
+import socket
 import stat
 import sys
 import termios
@@ -209,6 +210,9 @@ PROBES: dict[str, Callable[[], int]] = {
     "tiocsti": terminal_ioctl(termios.TIOCSTI),
     "tiocsti_high_bits": terminal_ioctl(0x1_0000_0000 | termios.TIOCSTI),  # the kernel drops them
     "tioclinux": terminal_ioctl(0x541C),
+    "socket_packet": sys_call("socket", 17, 2, 0),  # AF_PACKET, SOCK_DGRAM
+    "socketpair_packet": sys_call("socketpair", 17, 2, 0, None),
+    "python_socket_packet": python_call(lambda: socket.socket(17, socket.SOCK_DGRAM).close()),
 }
 if ARCH == "x86_64":
     PROBES.update({

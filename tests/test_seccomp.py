@@ -28,6 +28,7 @@ PROBES = Path(__file__).with_name("seccomp_probes.py")
 MARKER = 133  # EHWPOISON: no probe meets it except from the filter
 SIGSYS = -signal.SIGSYS
 ENOSYS_CALLS = {"clone3", "openat2"}
+FAMILY_CALLS = {"socket_packet", "socketpair_packet", "python_socket_packet"}  # EAFNOSUPPORT
 # Outcomes without the filter where they do not depend on privileges or kernel configuration.
 UNFILTERED = {
     "ptrace": {0}, "process_vm_readv": {0}, "process_vm_writev": {0},
@@ -41,6 +42,7 @@ UNFILTERED = {
     "chmod_setuid": {0}, "open_setuid": {0}, "creat_setgid": {0}, "mknod_setuid": {0},
     "personality": {0}, "i386_getpid": {0, -signal.SIGSEGV},  # SIGSEGV: no IA32 emulation
     "x32_getpid": {0, errno.ENOSYS},
+    "socket_packet": {0, errno.EPERM}, "python_socket_packet": {0, errno.EPERM},  # CAP_NET_RAW
 }
 KILLED = {"x32_getpid", "i386_getpid"}  # foreign ABIs: the filter kills, it cannot read them
 
@@ -104,7 +106,8 @@ def _probe_names() -> list[str]:
              "clone_NEWUTS", "clone_NEWIPC", "clone_NEWUSER", "clone_NEWPID", "clone_NEWNET",
              "fchmod_setuid", "fchmodat_setgid", "fchmodat2_setuid", "openat_setuid",
              "mknodat_setuid", "python_chmod_setuid", "python_open_setuid", "python_mount",
-             "python_tiocsti", "personality", "tiocsti", "tiocsti_high_bits", "tioclinux"]
+             "python_tiocsti", "personality", "tiocsti", "tiocsti_high_bits", "tioclinux",
+             "socket_packet", "socketpair_packet", "python_socket_packet"]
     if platform.machine() == "x86_64":
         names += ["modify_ldt", "iopl", "ioperm", "uselib", "chmod_setuid", "open_setuid",
                   "creat_setgid", "mknod_setuid", "x32_getpid", "i386_getpid"]
@@ -113,12 +116,13 @@ def _probe_names() -> list[str]:
 
 @pytest.mark.parametrize("probe", _probe_names())
 def test_the_filter_refuses(outcomes: dict[str, dict[str, int]], probe: str) -> None:
-    expected = SIGSYS if probe in KILLED else errno.ENOSYS if probe in ENOSYS_CALLS else errno.EPERM
-    assert outcomes["filtered"][probe] == expected
-    marked = SIGSYS if probe in KILLED else errno.ENOSYS if probe in ENOSYS_CALLS else MARKER
-    assert outcomes["marked"][probe] == marked, "refused by something other than the filter"
+    special = {**dict.fromkeys(KILLED, SIGSYS), **dict.fromkeys(ENOSYS_CALLS, errno.ENOSYS),
+               **dict.fromkeys(FAMILY_CALLS, errno.EAFNOSUPPORT)}
+    assert outcomes["filtered"][probe] == special.get(probe, errno.EPERM)
+    marked = outcomes["marked"][probe]
+    assert marked == special.get(probe, MARKER), "refused by something other than the filter"
     unfiltered = outcomes["unfiltered"][probe]
-    assert unfiltered not in (MARKER, SIGSYS)
+    assert unfiltered not in (MARKER, SIGSYS, special.get(probe))
     if probe in UNFILTERED:
         assert unfiltered in UNFILTERED[probe], f"without the filter: {unfiltered}"
 
@@ -160,6 +164,8 @@ ORDINARY_WORK = textwrap.dedent("""
     client.sendall(b"ping")
     assert peer.recv(4) == b"ping"
     [s.close() for s in (client, peer, server)]
+    [s.close() for s in socket.socketpair()]
+    assert socket.if_nameindex()  # glibc asks the kernel over AF_NETLINK
     path = os.path.join(work, "script.sh")
     with open(path, "w") as f:
         f.write("echo hi")

@@ -115,6 +115,15 @@ def test_terminal_injection_ioctls_are_refused_whatever_the_high_bits(arch: str)
         assert run_filter(arch, ioctl, 1, request) == EPERM, hex(request)
 
 
+@pytest.mark.parametrize("arch", ARCHES)
+def test_only_common_socket_families_are_allowed(arch: str) -> None:
+    refused = _seccomp.SECCOMP_RET_ERRNO | errno.EAFNOSUPPORT
+    for name in ("socket", "socketpair"):
+        for family, verdict in ((1, ALLOW), (2, ALLOW), (10, ALLOW), (16, ALLOW), (17, refused),
+                                (40, refused), (30, refused), (0x1_00000002, ALLOW)):
+            assert run_filter(arch, SYSCALLS[arch][name], family, 1, 0) == verdict, (name, family)
+
+
 def test_foreign_abis_are_killed() -> None:
     assert run_filter(0x40000003, 20) == KILL  # i386 getpid
     assert run_filter(0x40000028, 20) == KILL  # arm (32-bit) getpid
