@@ -467,3 +467,14 @@ def test_the_smolagents_executor_passes_the_sandbox_on(tmp_path, secrets):
         assert executor.session.execute(HOME_CODE.format(secret=secrets["home_secret"])).stdout == "/home/sandbox False\n"
     finally:
         executor.cleanup()
+
+
+def test_the_mcp_server_sandbox_flag(tmp_path, secrets):
+    pytest.importorskip("mcp")
+    from test_mcp import execute, with_server
+
+    async def scenario(client):
+        return await execute(client, "agent", HOME_CODE.format(secret=secrets["home_secret"]))
+
+    is_error, text = with_server(scenario, "--sandbox", "--root", str(tmp_path))
+    assert not is_error and text.startswith("/home/sandbox False"), text
