@@ -97,8 +97,12 @@ class LocalKernel(ProcessKernel):
         launch: dict[str, object] = {}
         if sandbox is not None:
             cwd = cwd or os.getcwd()
-            check_cwd(cwd)
-            sandboxed = SandboxedStart(sandbox, os.path.dirname(manager.connection_file))
+            try:
+                check_cwd(cwd)
+                sandboxed = SandboxedStart(sandbox, os.path.dirname(manager.connection_file))
+            except BaseException:
+                os.rmdir(os.path.dirname(manager.connection_file))
+                raise
             manager.wrap_command = lambda command: sandboxed.command(command, cwd, env)
             env, launch = sandbox_env(env), {"pass_fds": sandboxed.pass_fds}
         kernel = cls(manager, tempfile.TemporaryFile(prefix="kernelexec-stderr-"), sandboxed)

@@ -368,7 +368,7 @@ OWNER = textwrap.dedent(
     """
     import sys, time
     import kernelexec as kx
-    s = kx.Session(sandbox=True, cwd=sys.argv[1]).start()
+    s = kx.Session(sandbox=True, cwd=sys.argv[1], launcher=sys.argv[2]).start()
     r = s.execute("import subprocess; child = subprocess.Popen(['sleep', '600']); print('ready')")
     print(r.stdout.strip(), flush=True)
     time.sleep(600)
@@ -376,17 +376,18 @@ OWNER = textwrap.dedent(
 )
 
 
-def test_nothing_sandboxed_outlives_a_sigkilled_owner(tmp_path):
+@pytest.mark.parametrize("launcher", ["fork", "spawn"])
+def test_nothing_sandboxed_outlives_a_sigkilled_owner(tmp_path, launcher):
     script = tmp_path / "owner.py"
     script.write_text(OWNER)
     owner = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, str(script), str(tmp_path), launcher], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT),
     )  # fmt: skip
     try:
         assert owner.stdout.readline().strip() == "ready", owner.stderr.read()
         inside = [p.pid for p in psutil.Process(owner.pid).children(recursive=True) if p.name() != "sh"]
-        assert len(inside) >= 4, inside  # bwrap, the sandbox's pid 1, the kernel, sleep
+        assert len(inside) >= 4, inside  # bwrap, the sandbox's pid 1, the kernel (and template), sleep
         owner.send_signal(signal.SIGKILL)
         owner.wait(timeout=10)
         deadline = time.monotonic() + 5
