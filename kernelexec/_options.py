@@ -198,6 +198,11 @@ def _check_sandbox(options: SessionOptions) -> None:
         raise InvalidArgument("sandbox applies to local kernels only; a gateway kernel runs where the gateway puts it")
     if options.cwd is not None:
         check_cwd(options.cwd)
+    if options.launcher == "spawn" and options.keep_state_on_restart:
+        raise InvalidArgument(
+            "keep_state_on_restart needs copies of the kernel, which a sandboxed kernel spawned with "
+            "launcher='spawn' cannot make (they would die with it): leave launcher at its default"
+        )
     check_available()
 
 

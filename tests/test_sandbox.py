@@ -69,6 +69,11 @@ def test_a_sandbox_cannot_have_the_home_directory_as_cwd():
         kx.Session(sandbox=True, cwd=os.path.expanduser("~"))
 
 
+def test_keep_state_on_restart_with_a_spawned_sandbox_is_refused_at_once(tmp_path):
+    with pytest.raises(kx.InvalidArgument, match="launcher='spawn'"):
+        kx.Session(sandbox=True, cwd=tmp_path, launcher="spawn", keep_state_on_restart=True)
+
+
 def test_sandbox_and_a_gateway_do_not_mix():
     with pytest.raises(kx.InvalidArgument, match="local kernels only"):
         kx.Session(sandbox=True, gateway_url="http://localhost:8888")
