@@ -185,7 +185,8 @@ def readable_paths(interpreter: str, env: Mapping[str, str]) -> list[str]:
     every ``sys.path`` entry), without the ones inside another."""
     found = [path for path in SYSTEM_DIRS if os.path.lexists(path)]
     python = shutil.which(interpreter, path=env.get("PATH")) or interpreter
-    found += _python_paths(os.path.realpath(python), env.get("PYTHONPATH", ""))
+    # An import path that is (or holds) the home directory would show all of it: left out.
+    found += [path for path in _python_paths(os.path.realpath(python), env.get("PYTHONPATH", "")) if not _holds_home(path)]
     unique: list[str] = []
     for path in sorted(set(found), key=len):
         if not any(path == kept or path.startswith(kept.rstrip(os.sep) + os.sep) for kept in unique):
@@ -210,11 +211,18 @@ def _python_paths(python: str, pythonpath: str) -> tuple[str, ...]:
     return tuple(sorted(dirs))
 
 
+def _holds_home(path: str) -> bool:
+    """Whether ``path`` is ``/``, the owner's home directory, or a directory above it."""
+    home = os.path.realpath(os.path.expanduser("~"))
+    real = os.path.realpath(path)
+    return real == "/" or home == real or home.startswith(real.rstrip(os.sep) + os.sep)
+
+
 def check_cwd(cwd: str) -> None:
     """A sandboxed kernel's working directory is bound read-write: not the owner's home or /."""
     home = os.path.realpath(os.path.expanduser("~"))
     real = os.path.realpath(cwd)
-    if real == "/" or home == real or home.startswith(real.rstrip(os.sep) + os.sep):
+    if _holds_home(real):
         raise InvalidArgument(
             f"a sandboxed kernel can write to its cwd, and {real!r} holds the home directory "
             f"{home!r}: pass cwd= a project directory"

@@ -512,3 +512,10 @@ def test_the_mcp_server_sandbox_flag(tmp_path, secrets):
 
     is_error, text = with_server(scenario, "--sandbox", "--root", str(tmp_path))
     assert not is_error and text.startswith("/home/sandbox False"), text
+
+
+def test_an_import_path_holding_the_home_directory_is_not_bound(tmp_path, secrets):
+    home = str(Path.home())
+    with kx.Session(sandbox=True, cwd=tmp_path, env={"PYTHONPATH": home}, timeout=30) as s:
+        r = s.execute(f"import sys, os; ({home!r} in sys.path, os.path.exists({secrets['home_secret']!r}))")
+        assert r.result == "(True, False)", r.text  # on the path, but not shown
