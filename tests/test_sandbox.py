@@ -251,6 +251,8 @@ SECCOMP_ATTEMPTS = {
         try:
             if libc.ptrace(16, child.pid, None, None) != 0:  # PTRACE_ATTACH
                 raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            os.waitpid(child.pid, 0)  # its stop, so that PTRACE_DETACH can let it go cleanly
+            libc.ptrace(17, child.pid, None, None)
         finally:
             child.kill(); child.wait()
         """
