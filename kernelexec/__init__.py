@@ -25,6 +25,7 @@ from ._errors import (
     InvalidNotebook,
     KernelexecError,
     KernelStartError,
+    SandboxUnavailable,
     SessionClosed,
     TooManySessions,
     UnknownSession,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ._notebook import async_run_notebook, run_notebook
     from ._progress import Progress
     from ._result import ErrorInfo, ExecutionResult
+    from ._sandbox import Sandbox
     from ._session import AsyncSession, Session
     from ._state import SessionStats
     from ._traceback import Frame
@@ -54,6 +56,7 @@ _LAZY = {
     "Progress": "_progress",
     "ErrorInfo": "_result",
     "ExecutionResult": "_result",
+    "Sandbox": "_sandbox",
     "AsyncSession": "_session",
     "Session": "_session",
     "SessionStats": "_state",
@@ -91,6 +94,8 @@ __all__ = [
     "KernelStartError",
     "KernelexecError",
     "Progress",
+    "Sandbox",
+    "SandboxUnavailable",
     "Session",
     "SessionClosed",
     "SessionInfo",

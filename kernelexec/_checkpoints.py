@@ -150,6 +150,11 @@ def refuse_unforkable(kernel: KernelBackend) -> ProcessKernel:
     language = kernel.info.get("language_info", {}).get("name", "unknown")
     if language != "python":
         raise ForkNotSupported(f"only Python kernels can be forked or checkpointed; this one is {language!r}")
+    if getattr(kernel, "sandboxed", False) and kernel.view is None:
+        raise ForkNotSupported(
+            "this sandboxed kernel was spawned (launcher='spawn'): copies made in its sandbox would "
+            "die with it. Use the default launcher, which forks sandboxed kernels from a sandboxed template"
+        )
     return kernel
 
 
@@ -159,7 +164,8 @@ async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execut
     """Make a frozen copy of ``kernel`` (idle); warns (``ForkWarning``) of threads it cannot copy.
     ``kernel_done`` is called once the kernel's part is over (the kernel may take requests)."""
     kernel = refuse_unforkable(kernel)
-    path = runtime_path("kx-cp-", ".sock")
+    view = kernel.view
+    path = runtime_path("kx-cp-", ".sock", view.directory if view is not None else None)
     answer: dict[str, Any] = {}
     try:
         if kernel.has_fork_code:
@@ -168,7 +174,12 @@ async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execut
             answer = await _run_for_answer(kernel, _checkpoint_code(path, FORK_SOURCE), options)
             kernel.has_fork_code = True
         kernel_done()
-        server = await ForkServer.connect(path, options.startup_timeout)
+        if view is not None and "pid" in answer:  # the sandbox's pid, as we see it
+            outer = view.outer_pid(answer.pop("pid"))
+            if outer is None:
+                raise KernelStartError("the checkpoint's copy of the kernel exited at once (see the kernel's stderr)")
+            answer["pid"] = outer
+        server = await ForkServer.connect(path, options.startup_timeout, view)
     except BaseException:  # a copy made but not taken over (cancelled, unreachable) must go
         if "pid" in answer:
             with contextlib.suppress(OSError):

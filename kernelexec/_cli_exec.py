@@ -51,7 +51,13 @@ def add_exec_command(commands: Any) -> None:
     run_code.add_argument("--cwd", metavar="DIR", help="the kernel's working directory")
     run_code.add_argument("--kernel", default="python3", metavar="NAME", help="kernel spec name (default python3)")
     run_code.add_argument("--stdin", action="store_true", help="answer the code's input() and getpass() from this terminal")
+    run_code.add_argument("--sandbox", action="store_true", help="run the kernel in a sandbox: no network, only cwd writable, the owner's files and processes invisible")
     run_code.set_defaults(handler=exec_command)
+
+
+def sandboxed(args: argparse.Namespace) -> dict[str, bool]:
+    """``--sandbox`` as an option: given only when set (KERNELEXEC_SANDBOX=1 may set the default)."""
+    return {"sandbox": True} if args.sandbox else {}
 
 
 def exec_command(args: argparse.Namespace) -> int:
@@ -66,7 +72,9 @@ def exec_command(args: argparse.Namespace) -> int:
     answer = TerminalInput(wake_read) if args.stdin else None
     result: ExecutionResult | None = None
     try:
-        with Session(args.kernel, timeout=args.timeout, cwd=args.cwd, input_handler=answer) as session:
+        with Session(
+            args.kernel, timeout=args.timeout, cwd=args.cwd, input_handler=answer, **sandboxed(args)
+        ) as session:
             with _interrupt_on_sigint(session, printer, wake_write):
                 if answer is not None:
                     answer.deadline = time.monotonic() + args.timeout

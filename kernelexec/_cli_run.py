@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+from ._cli_exec import sandboxed
 from ._errors import CellExecutionError
 from ._result import EXIT_STATUS
 
@@ -68,6 +69,7 @@ def add_run_command(commands: Any) -> None:
         "--autosave-cell-every", type=float, default=30.0, metavar="S",
         help="save OUT at most every S seconds during a long cell (default 30; 0: only after each cell)",
     )  # fmt: skip
+    run.add_argument("--sandbox", action="store_true", help="run the kernel in a sandbox: no network, only cwd writable, the owner's files and processes invisible")
     run.add_argument("--no-papermill-record", action="store_true", help="leave out papermill's run record and error banner")
     run.set_defaults(handler=run_command)
 
@@ -107,7 +109,7 @@ def _run(args: argparse.Namespace, source: Any, output: str | None, parameters: 
             source, output_path=output, timeout=args.timeout, allow_errors=args.allow_errors,
             parameters=parameters or None, kernel_name=args.kernel, cwd=args.cwd, progress=True,
             record_papermill=not args.no_papermill_record,
-            autosave_cell_every=args.autosave_cell_every,
+            autosave_cell_every=args.autosave_cell_every, **sandboxed(args),
         )  # fmt: skip
     except CellExecutionError as error:
         sys.stderr.write(

@@ -12,6 +12,7 @@ machinery or the caller's own request::
     ├── ExecutionFailed       raise_for_error() on a result that is not ok
     │   └── CellExecutionError  a notebook cell failed during run_notebook
     ├── ForkNotSupported      fork()/checkpoint() of a kernel that cannot be copied (gateway, not Python)
+    ├── SandboxUnavailable    sandbox= was asked for on a machine that cannot provide it
     ├── (ValueError)          InvalidArgument: an option has a value that cannot work
     └── (ValueError)          InvalidNotebook: a file or node given as a notebook is not one
 
@@ -60,6 +61,11 @@ class UnknownSession(KernelexecError, KeyError):
 
 class ForkNotSupported(KernelexecError):
     """The session's kernel cannot be copied: it runs on a gateway, or is not a Python kernel."""
+
+
+class SandboxUnavailable(KernelexecError):
+    """``sandbox=`` was asked for, and this machine cannot sandbox a kernel; the message names
+    what is missing. A sandbox is never silently dropped."""
 
 
 class ForkWarning(UserWarning):

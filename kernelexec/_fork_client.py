@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ from jupyter_core.paths import jupyter_runtime_dir
 from . import _fork_server, _fork_side
 from ._env import MINIMAL_BASE
 from ._errors import KernelStartError
+from ._sandbox import Sandbox, check_cwd
+from ._sandbox_start import SandboxView, popen_sandboxed
 from ._watchdog import OwnerDeathWatchdog
 
 FORK_SOURCE = inspect.getsource(_fork_server) + "\n" + inspect.getsource(_fork_side)
@@ -44,9 +47,10 @@ def _interpreter_vars(env: dict[str, str]) -> dict[str, str]:
     return {name: value for name, value in env.items() if name.startswith("PYTHON")}
 
 
-def runtime_path(prefix: str, suffix: str = "") -> str:
-    """A new path in Jupyter's runtime directory (private to the user), short enough for a socket."""
-    runtime_dir = jupyter_runtime_dir()
+def runtime_path(prefix: str, suffix: str = "", directory: str | None = None) -> str:
+    """A new path in Jupyter's runtime directory (private to the user), or in ``directory`` (a
+    sandbox's), short enough for a socket."""
+    runtime_dir = directory or jupyter_runtime_dir()
     os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
     return os.path.join(runtime_dir, f"{prefix}{uuid.uuid4().hex[:12]}{suffix}")
 
@@ -54,8 +58,10 @@ def runtime_path(prefix: str, suffix: str = "") -> str:
 class ForkServer:
     """One connection to a fork server: requests by id, and the exit statuses it reports."""
 
-    def __init__(self, path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 view: SandboxView | None = None) -> None:  # fmt: skip
         self.path = path
+        self.view = view  # the server runs in a sandbox: the pids it reports are the sandbox's
         self._reader, self._writer = reader, writer
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._exits: dict[int, int] = {}
@@ -64,7 +70,7 @@ class ForkServer:
         self.pid: int | None = None
 
     @classmethod
-    async def connect(cls, path: str, timeout: float) -> ForkServer:
+    async def connect(cls, path: str, timeout: float, view: SandboxView | None = None) -> ForkServer:
         """Connect to the server at ``path``, retrying until it listens or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         while True:
@@ -75,9 +81,18 @@ class ForkServer:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.005)
-        server = cls(path, reader, writer)
-        server.pid = (await server.request({"op": "ping"}, timeout))["pid"]
+        server = cls(path, reader, writer, view)
+        server.pid = server._outer((await server.request({"op": "ping"}, timeout))["pid"])
         return server
+
+    def _outer(self, pid: int) -> int:
+        """A pid the server reported, as this process sees it."""
+        if self.view is None:
+            return pid
+        outer = self.view.outer_pid(pid)
+        if outer is None:
+            raise ConnectionError(f"process {pid} of the sandbox at {self.view.directory} is gone")
+        return outer
 
     @property
     def connected(self) -> bool:
@@ -117,7 +132,10 @@ class ForkServer:
             raise KernelStartError(f"could not fork a kernel: {error}") from None
         if not reply.get("ok"):
             raise KernelStartError(f"could not fork a kernel: {reply.get('error')}")
-        return int(reply["pid"])
+        try:
+            return self._outer(int(reply["pid"]))
+        except ConnectionError as error:
+            raise KernelStartError(f"a forked kernel died at once: {error}") from None
 
     async def close(self, *, stop_server: bool) -> None:
         """Close the connection; ``stop_server`` asks the server to exit first."""
@@ -151,6 +169,11 @@ class ForkServer:
                 reply.set_exception(ConnectionError("the fork server closed the connection"))
 
     def _exited(self, pid: int, returncode: int) -> None:
+        if self.view is not None:
+            outer = self.view.known_outer_pid(pid)
+            if outer is None:
+                return  # not one of ours (an orphan reaped in the sandbox)
+            pid = outer
         self._exits[pid] = returncode
         for listener in list(self._exit_listeners):
             listener(pid, returncode)
@@ -177,9 +200,14 @@ class Template:
         self.loaded = False
 
     @classmethod
-    async def acquire(cls, argv0: str, env: dict[str, str], timeout: float) -> Template:
-        """The template for ``argv0`` with ``env``'s interpreter variables, held until ``release``."""
-        key = (argv0, tuple(sorted(_interpreter_vars(env).items())))
+    async def acquire(cls, argv0: str, env: dict[str, str], timeout: float, sandbox: Sandbox | None = None,
+                      cwd: str | None = None) -> Template:  # fmt: skip
+        """The template for ``argv0`` with ``env``'s interpreter variables (in ``sandbox``, with
+        ``cwd`` bound: its kernels run in that sandbox), held until ``release``."""
+        if sandbox is not None:
+            cwd = cwd or os.getcwd()
+            check_cwd(cwd)
+        key = (argv0, tuple(sorted(_interpreter_vars(env).items())), sandbox, cwd if sandbox else None)
         templates = cls._by_loop.setdefault(id(asyncio.get_running_loop()), {})
         template = templates.get(key)
         if template is not None and not template.alive:
@@ -218,24 +246,36 @@ class Template:
 
     @classmethod
     async def _start(cls, key: tuple[Any, ...], env: dict[str, str], timeout: float) -> Template:
-        argv0 = key[0]
-        path = runtime_path("kx-tpl-", ".sock")
+        argv0, sandbox, cwd = key[0], key[2], key[3]
+        # A sandboxed template's socket, and its kernels' files, are in a directory bound into it.
+        directory = runtime_path("kx-tpl-") if sandbox is not None else None
+        if directory is not None:
+            os.mkdir(directory, 0o700)
+        path = os.path.join(directory, "fork.sock") if directory else runtime_path("kx-tpl-", ".sock")
         # The template holds no secrets: its environment is the minimal base (each kernel gets
         # its own, whole, at fork time) plus what changes how the interpreter starts.
         template_env = {name: env[name] for name in MINIMAL_BASE if name in env} | _interpreter_vars(env)
         log_file = tempfile.TemporaryFile(prefix="kernelexec-template-")
         command = [argv0, "-c", f"{FORK_SOURCE}\nserve_template({path!r})"]
+        # start_new_session: a Ctrl-C aimed at us must not reach it
+        popen: dict[str, Any] = dict(stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
         try:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=template_env,
-                start_new_session=True,  # a Ctrl-C aimed at us must not reach it
-            )  # fmt: skip
-        except OSError as error:
+            if sandbox is not None:
+                assert directory is not None and cwd is not None
+                process = popen_sandboxed(sandbox, command, cwd=cwd, env=template_env, directory=directory, **popen)
+            else:
+                process = subprocess.Popen(command, env=template_env, **popen)
+        except BaseException as error:
             log_file.close()
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+            if not isinstance(error, OSError):
+                raise
             raise KernelStartError(f"could not start a fork template with {argv0}: {error}") from None
-        watchdog = OwnerDeathWatchdog.start(process.pid, [path], None)
+        view = SandboxView(directory, process.pid) if directory is not None else None
+        watchdog = OwnerDeathWatchdog.start(process.pid, [path], None, directory)
         try:
-            server = await ForkServer.connect(path, timeout)
+            server = await ForkServer.connect(path, timeout, view)
         except (OSError, ConnectionError) as error:
             _kill(process)
             if watchdog is not None:
@@ -245,6 +285,8 @@ class Template:
             log_file.close()
             with contextlib.suppress(OSError):
                 os.unlink(path)
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
             raise KernelStartError(f"the fork template did not start ({error!r}): {said}") from None
         return cls(key, process, server, watchdog, log_file)
 
@@ -260,6 +302,8 @@ class Template:
             self._watchdog = None
         with contextlib.suppress(OSError):
             os.unlink(self.server.path)
+        if self.server.view is not None:
+            shutil.rmtree(self.server.view.directory, ignore_errors=True)
         self._log_file.close()
 
 

@@ -28,6 +28,8 @@ from ._errors import KernelStartError
 from ._fork_client import ForkServer, runtime_path
 from ._options import SessionOptions
 from ._process_kernel import ProcessKernel, format_detail
+from ._sandbox import sandbox_env
+from ._sandbox_start import SandboxView
 from ._watchdog import OwnerDeathWatchdog
 from ._wire import CHANNEL_NAMES
 
@@ -88,7 +90,7 @@ class ForkedKernel(ProcessKernel):
         ``install``: the ``install(...)`` call the child runs itself, with the server's copy of
         kernelexec's in-kernel code, before it serves (see ``_launch.prepare_kernel``).
         """
-        kernel = cls._new(options.kernel_name)
+        kernel = cls._new(options.kernel_name, server.view)
         _LIVE_KERNELS.add(kernel)
         try:
             kernel._servers = [server, *witnesses]
@@ -115,23 +117,30 @@ class ForkedKernel(ProcessKernel):
         return kernel
 
     @classmethod
-    def _new(cls, kernel_name: str) -> ForkedKernel:
+    def _new(cls, kernel_name: str, view: SandboxView | None) -> ForkedKernel:
+        """Its files: in the runtime dir, or (a sandboxed server's kernel) in the sandbox's."""
         kernel_id = str(uuid.uuid4())
+        directory = view.directory if view is not None else None
         connection_file, info = write_connection_file(
-            runtime_path("kernel-", ".json"), transport="ipc", ip=runtime_path("kx-"),
+            runtime_path("kernel-", ".json", directory), transport="ipc", ip=runtime_path("kx-", "", directory),
             key=secrets.token_hex(16).encode(), kernel_name=kernel_name,
         )  # fmt: skip
-        stderr_path = runtime_path("kx-stderr-", ".txt")
+        stderr_path = runtime_path("kx-stderr-", ".txt", directory)
         os.close(os.open(stderr_path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
-        return cls(kernel_id, connection_file, dict(info), stderr_path)
+        kernel = cls(kernel_id, connection_file, dict(info), stderr_path)
+        kernel.view = view
+        return kernel
 
     def _fork_request(self, options: SessionOptions) -> dict[str, Any]:
         rlimits = {}
         if options.max_processes is not None and self.needs_nproc_limit:
             rlimits["RLIMIT_NPROC"] = options.max_processes
+        env, cwd = options.kernel_env(), options.cwd
+        if self.view is not None:  # the sandbox's view of home and /tmp; the template's cwd
+            env, cwd = sandbox_env(env), None
         return {
             "id": self.kernel_id, "connection_file": self._connection_file,
-            "stderr_path": self._stderr_path, "env": options.kernel_env(), "cwd": options.cwd,
+            "stderr_path": self._stderr_path, "env": env, "cwd": cwd,
             "rlimits": rlimits, "argv": KERNEL_ARGV,
         }  # fmt: skip
 

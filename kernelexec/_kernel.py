@@ -13,6 +13,7 @@ import signal
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Callable
 from typing import IO
 
 import zmq
@@ -25,6 +26,8 @@ from ._channels import ZmqChannels
 from ._containment import kill_unchanged
 from ._errors import KernelStartError
 from ._process_kernel import ProcessKernel, format_detail
+from ._sandbox import Sandbox, check_cwd, sandbox_env
+from ._sandbox_start import SandboxedStart, exit_status
 from ._watchdog import OwnerDeathWatchdog
 from ._wire import CHANNEL_NAMES
 
@@ -42,9 +45,16 @@ class LocalKernel(ProcessKernel):
     exit through a pidfd on Linux rather than by polling.
     """
 
-    def __init__(self, manager: AsyncKernelManager, stderr_file: IO[bytes]) -> None:
+    def __init__(
+        self, manager: AsyncKernelManager, stderr_file: IO[bytes], sandboxed: SandboxedStart | None = None
+    ) -> None:
         super().__init__(stderr_file)
         self._manager = manager
+        self._sandboxed = sandboxed
+
+    @property
+    def sandboxed(self) -> bool:
+        return self._sandboxed is not None
 
     @property
     def kernel_id(self) -> str:
@@ -66,7 +76,8 @@ class LocalKernel(ProcessKernel):
 
     def returncode(self) -> int | None:
         process = self.process
-        return process.poll() if process is not None else None
+        code = process.poll() if process is not None else None
+        return exit_status(code) if self._sandboxed is not None else code
 
     @classmethod
     async def start(
@@ -77,24 +88,49 @@ class LocalKernel(ProcessKernel):
         env: dict[str, str],
         startup_timeout: float,
         max_processes: int | None = None,
+        sandbox: Sandbox | None = None,
     ) -> LocalKernel:
-        """Start a kernel and return it once it answers requests on every channel."""
-        manager = _new_manager(kernel_name)
-        kernel = cls(manager, tempfile.TemporaryFile(prefix="kernelexec-stderr-"))
+        """Start a kernel and return it once it answers requests on every channel (in
+        ``sandbox``, if given: see ``_sandbox``)."""
+        manager = _new_manager(kernel_name, sandboxed=sandbox is not None)
+        sandboxed = None
+        launch: dict[str, object] = {}
+        if sandbox is not None:
+            cwd = cwd or os.getcwd()
+            try:
+                check_cwd(cwd)
+                sandboxed = SandboxedStart(sandbox, os.path.dirname(manager.connection_file))
+            except BaseException:
+                os.rmdir(os.path.dirname(manager.connection_file))
+                raise
+            manager.wrap_command = lambda command: sandboxed.command(command, cwd, env)
+            env, launch = sandbox_env(env), {"pass_fds": sandboxed.pass_fds}
+        kernel = cls(manager, tempfile.TemporaryFile(prefix="kernelexec-stderr-"), sandboxed)
         _LIVE_KERNELS.add(kernel)
         try:
-            await manager.start_kernel(
-                cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=kernel._stderr_file, extra_arguments=_extra_arguments(manager),
-            )  # fmt: skip
-            kernel._contain(max_processes)
+            try:
+                await manager.start_kernel(
+                    cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=kernel._stderr_file, extra_arguments=_extra_arguments(manager), **launch,
+                )  # fmt: skip
+            finally:
+                if sandboxed is not None:
+                    sandboxed.launched()
+            if sandboxed is not None:  # its pid 1 waits to be contained before the kernel starts
+                kernel._contain(max_processes, pid=await sandboxed.init_started())
+                sandboxed.unblock()
+            else:
+                kernel._contain(max_processes)
             cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
             kernel._watchdog = OwnerDeathWatchdog.start(
-                manager.provisioner.pgid, _kernel_files(manager), cgroup
-            )
+                manager.provisioner.pgid, _kernel_files(manager), cgroup,
+                sandboxed.runtime_dir if sandboxed is not None else None,
+            )  # fmt: skip
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, startup_timeout, f"kernel {kernel_name!r}")
             await kernel._await_stdin_connection(startup_timeout)
+            if sandboxed is not None:
+                sandboxed.hold_kernel()
         except BaseException as error:
             last_words = kernel.stderr_tail()  # before shutdown closes the file
             await kernel.shutdown(graceful=False)
@@ -109,7 +145,11 @@ class LocalKernel(ProcessKernel):
         return kernel
 
     async def interrupt(self) -> None:
-        if self.is_alive:
+        if not self.is_alive:
+            return
+        if self._sandboxed is not None and self._manager.kernel_spec.interrupt_mode == "signal":
+            self._sandboxed.interrupt()  # the kernel alone: bwrap, in its process group, dies of SIGINT
+        else:
             await self._manager.interrupt_kernel()
 
     async def shutdown(self, *, graceful: bool = True) -> None:
@@ -136,6 +176,8 @@ class LocalKernel(ProcessKernel):
                     await self._manager.cleanup_resources()
             finally:
                 self._release_process(strays)
+                if self._sandboxed is not None:
+                    self._sandboxed.close()
 
     def kill_now(self) -> None:
         """Synchronous last resort (interpreter exit): kill the process group, remove files."""
@@ -148,6 +190,8 @@ class LocalKernel(ProcessKernel):
         try:
             self._manager.cleanup_connection_file()
             self._manager.cleanup_ipc_files()
+            if self._sandboxed is not None:
+                self._sandboxed.close()
         except Exception:  # exiting anyway: a file we could not remove must not mask that
             pass
 
@@ -173,20 +217,33 @@ def installed_kernel_names() -> list[str]:
     return sorted(KernelSpecManager().find_kernel_specs())
 
 
-def _new_manager(kernel_name: str) -> AsyncKernelManager:
+class _KernelManager(AsyncKernelManager):
+    """jupyter_client's manager, whose kernel command may be wrapped (in ``bwrap``)."""
+
+    wrap_command: Callable[[list[str]], list[str]] | None = None
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        command = super().format_kernel_cmd(extra_arguments)
+        return self.wrap_command(command) if self.wrap_command is not None else command
+
+
+def _new_manager(kernel_name: str, *, sandboxed: bool = False) -> AsyncKernelManager:
     kernel_id = str(uuid.uuid4())
     runtime_dir = jupyter_runtime_dir()
     os.makedirs(runtime_dir, mode=0o700, exist_ok=True)  # the sockets are reachable by path
-    manager = AsyncKernelManager(
-        kernel_name=kernel_name,
-        transport="ipc",
-        connection_file=os.path.join(runtime_dir, f"kernel-{kernel_id}.json"),
-        ip=os.path.join(runtime_dir, f"kx-{kernel_id[:13]}"),  # socket paths must stay short
-    )
+    connection_file = os.path.join(runtime_dir, f"kernel-{kernel_id}.json")
+    ip = os.path.join(runtime_dir, f"kx-{kernel_id[:13]}")  # socket paths must stay short
+    if sandboxed:  # a directory of its own, bound into the sandbox (not the others' files)
+        own = os.path.join(runtime_dir, f"kx-{kernel_id[:13]}")
+        os.mkdir(own, mode=0o700)
+        connection_file, ip = os.path.join(own, "kernel.json"), os.path.join(own, "kx")
+    manager = _KernelManager(kernel_name=kernel_name, transport="ipc", connection_file=connection_file, ip=ip)
     manager.kernel_id = kernel_id
     try:
         manager.kernel_spec  # noqa: B018 - resolves the spec, raising NoSuchKernel early
     except NoSuchKernel:
+        if sandboxed:
+            os.rmdir(os.path.dirname(connection_file))
         raise _no_such_kernel(kernel_name) from None
     return manager
 

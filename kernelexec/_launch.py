@@ -75,6 +75,7 @@ class Launcher:
         return await LocalKernel.start(
             options.kernel_name, cwd=options.cwd, env=options.kernel_env(),
             startup_timeout=options.startup_timeout, max_processes=options.max_processes,
+            sandbox=options.sandbox,
         )  # fmt: skip
 
     @property
@@ -106,7 +107,10 @@ class Launcher:
             if self._template is None or not self._template.alive:
                 await self.close()
                 argv0 = fork_interpreter(self.options)
-                self._template = await Template.acquire(argv0, self.options.kernel_env(), self.options.startup_timeout)
+                options = self.options
+                self._template = await Template.acquire(
+                    argv0, options.kernel_env(), options.startup_timeout, sandbox=options.sandbox, cwd=options.cwd
+                )  # fmt: skip
             if not self._template.loaded:
                 await self._template.load(KERNEL_SOURCE)
             server = self._template.server

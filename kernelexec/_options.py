@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from ._collector import OutputCallback
 from ._env import InheritEnv, kernel_environment
 from ._errors import InvalidArgument
+from ._sandbox import Sandbox, check_available, check_cwd, sandbox_option
 
 InputHandler = Callable[[str, bool], str]
 Launch = Literal["auto", "fork", "spawn"]
@@ -52,6 +53,9 @@ class SessionOptions:
     launcher: Launch = field(default_factory=lambda: os.environ.get("KERNELEXEC_LAUNCHER", "auto"))  # type: ignore[assignment]
     keep_state_on_restart: bool = False
     max_checkpoints: int = 16
+    # True or a Sandbox: the kernel runs in a bubblewrap sandbox (see _sandbox); None after
+    # validation when off. KERNELEXEC_SANDBOX=1 makes True the default for the process.
+    sandbox: bool | Sandbox | None = field(default_factory=lambda: os.environ.get("KERNELEXEC_SANDBOX") == "1" or None)
 
     def __post_init__(self) -> None:
         if not isinstance(self.kernel_name, str) or not self.kernel_name:
@@ -93,6 +97,7 @@ class SessionOptions:
         self.kernel_env()  # validates inherit_env and env now, not at the first start
         _check_gateway(self)
         _check_forks(self)
+        _check_sandbox(self)
 
     def kernel_env(self) -> dict[str, str]:
         """The environment the kernel starts with (see ``kernel_environment``)."""
@@ -109,7 +114,7 @@ class SessionOptions:
             self.memory_limit, self.max_processes, self.max_output_bytes, self.gateway_url,
             self.gateway_token,
             tuple(sorted((self.gateway_headers or {}).items())), self.gateway_validate_cert,
-            self.launcher,
+            self.launcher, self.sandbox,
         )  # fmt: skip
 
 
@@ -182,6 +187,23 @@ def _check_forks(options: SessionOptions) -> None:
             "gateway kernels cannot be forked: leave launcher and keep_state_on_restart at their "
             "defaults with a gateway_url"
         )
+
+
+def _check_sandbox(options: SessionOptions) -> None:
+    sandbox = sandbox_option(options.sandbox)
+    object.__setattr__(options, "sandbox", sandbox)
+    if sandbox is None:
+        return
+    if options.gateway_url is not None:
+        raise InvalidArgument("sandbox applies to local kernels only; a gateway kernel runs where the gateway puts it")
+    if options.cwd is not None:
+        check_cwd(options.cwd)
+    if options.launcher == "spawn" and options.keep_state_on_restart:
+        raise InvalidArgument(
+            "keep_state_on_restart needs copies of the kernel, which a sandboxed kernel spawned with "
+            "launcher='spawn' cannot make (they would die with it): leave launcher at its default"
+        )
+    check_available()
 
 
 def _check_gateway(options: SessionOptions) -> None:

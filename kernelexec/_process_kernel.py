@@ -17,6 +17,7 @@ from ._backend import KernelDeath, KernelDied
 from ._channels import ZmqChannels, open_pidfd
 from ._containment import PidsCgroup, descendants, process_limit_for_root_unavailable
 from ._errors import KernelStartError
+from ._sandbox_start import SandboxView
 from ._watchdog import OwnerDeathWatchdog
 from ._wire import STDERR_KEEP_BYTES, Message
 
@@ -44,6 +45,8 @@ class ProcessKernel:
         self._watchdog: OwnerDeathWatchdog | None = None
         self._cgroup: PidsCgroup | None = None
         self.info: dict[str, Any] = {}
+        # A kernel in a sandbox that can fork copies (a sandboxed template's): see _sandbox_start.
+        self.view: SandboxView | None = None
 
     @property
     def pid(self) -> int | None:
@@ -174,12 +177,12 @@ class ProcessKernel:
             self._channels = None
 
 
-    def _contain(self, max_processes: int | None) -> None:
-        """Put the kernel in a cgroup of its own where possible (see ``_containment``)."""
-        pid = self.pid
-        assert pid is not None
+    def _contain(self, max_processes: int | None, pid: int | None = None) -> None:
+        """Put the kernel (or ``pid``, the process it descends from) in a cgroup of its own
+        where possible (see ``_containment``)."""
+        pid = pid or self.pid
         self._cgroup = PidsCgroup.create(f"kernelexec-{self.kernel_id}", max_processes)
-        if self._cgroup is not None:
+        if self._cgroup is not None and pid is not None:
             try:
                 self._cgroup.add(pid)
                 return

@@ -23,6 +23,7 @@ class OwnerDeathWatchdog:
     SCRIPT = (
         'if read -r _; then exit 0; fi; '
         'kill -9 -"$0" 2>/dev/null; rm -f "$@"; '  # dash's kill takes no --
+        '[ -z "$KERNELEXEC_DIR" ] || rm -rf "$KERNELEXEC_DIR"; '  # a sandbox's bound directory
         'if [ -n "$KERNELEXEC_CGROUP" ]; then for i in 1 2 3 4 5 6 7 8 9 10; do '
         '[ -d "$KERNELEXEC_CGROUP" ] || break; '
         'for p in $(cat "$KERNELEXEC_CGROUP/cgroup.procs" 2>/dev/null); do kill -9 "$p"; done; '
@@ -34,7 +35,8 @@ class OwnerDeathWatchdog:
         self._write_end = write_end
 
     @classmethod
-    def start(cls, pgid: int | None, files: list[str], cgroup: str | None) -> OwnerDeathWatchdog | None:
+    def start(cls, pgid: int | None, files: list[str], cgroup: str | None,
+              directory: str | None = None) -> OwnerDeathWatchdog | None:  # fmt: skip
         if not pgid or os.name != "posix" or not os.path.exists("/bin/sh"):
             return None
         read_end, write_end = os.pipe()
@@ -42,7 +44,7 @@ class OwnerDeathWatchdog:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", cls.SCRIPT, str(pgid), *files],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                env={"PATH": os.defpath, "KERNELEXEC_CGROUP": cgroup or ""},
+                env={"PATH": os.defpath, "KERNELEXEC_CGROUP": cgroup or "", "KERNELEXEC_DIR": directory or ""},
                 start_new_session=True,  # a Ctrl-C aimed at us must not take the watchdog first
             )  # fmt: skip
         except OSError:

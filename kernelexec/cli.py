@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from ._cli_exec import add_exec_command
+from ._cli_exec import add_exec_command, sandboxed
 from ._cli_run import add_run_command
 from ._errors import KernelexecError
 
@@ -85,6 +85,7 @@ def _add_mcp_command(commands: Any) -> None:
     serve.add_argument("--memory-limit", type=_bytes, metavar="SIZE", help="memory cap per kernel, e.g. 2G or 512M")
     serve.add_argument("--max-processes", type=int, metavar="N", help="processes/threads per kernel at most")
     serve.add_argument("--max-output-bytes", type=int, default=100_000, metavar="N", help="output kept per call (default 100000)")
+    serve.add_argument("--sandbox", action="store_true", help="run the kernel in a sandbox: no network, only cwd writable, the owner's files and processes invisible")
     serve.add_argument("--kernel", default="python3", metavar="NAME", help="kernel spec name (default python3)")
     serve.set_defaults(handler=_mcp)
 
@@ -110,7 +111,7 @@ def _mcp(args: argparse.Namespace) -> int:
         **given, session_dirs=args.session_dirs,
         inherit_env={"scrub": "scrub", "all": True, "none": False}[args.inherit_env], env=env or None,
         memory_limit=args.memory_limit, max_processes=args.max_processes,
-        max_output_bytes=args.max_output_bytes, kernel_name=args.kernel,
+        max_output_bytes=args.max_output_bytes, kernel_name=args.kernel, **sandboxed(args),
     )  # fmt: skip
     return 0
 

@@ -311,7 +311,7 @@ def _path_inside(directory: str, path: str) -> str:
     it is absolute or leads out (``..``, or a symlink anywhere on the way pointing outside).
 
     This confines the tool's argument only: code running in a session can write anywhere its
-    user can (kernelexec is not a sandbox).
+    user can, unless the server runs with ``--sandbox`` (``sandbox=True``).
     """
     if os.path.isabs(path) or path.startswith("~"):
         raise ToolError(
