@@ -224,7 +224,7 @@ class Template:
         except OSError as error:
             log_file.close()
             raise KernelStartError(f"could not start a fork template with {argv0}: {error}") from None
-        watchdog = OwnerDeathWatchdog.start(process.pid, [path], None)
+        watchdog = OwnerDeathWatchdog.start(process.pid, [path], [])
         try:
             server = await ForkServer.connect(path, timeout)
         except (OSError, ConnectionError) as error:

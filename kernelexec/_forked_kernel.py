@@ -89,10 +89,11 @@ class ForkedKernel(ProcessKernel):
             kernel._servers = [server, *witnesses]
             for witness in kernel._servers:
                 witness.on_exit(kernel._on_status)
+            kernel._make_cgroup(options.max_processes, options.memory_limit)
             kernel._pid = await server.fork(kernel._fork_request(options))
-            kernel._contain(options.max_processes)
-            cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
-            kernel._watchdog = OwnerDeathWatchdog.start(kernel._pid, kernel._files(), cgroup)
+            kernel._contain(options.max_processes, options.memory_limit)
+            cgroups = kernel._cgroup.paths if kernel._cgroup is not None else []
+            kernel._watchdog = OwnerDeathWatchdog.start(kernel._pid, kernel._files(), cgroups)
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, options.startup_timeout, f"a forked {options.kernel_name!r} kernel")
             await kernel._await_stdin_connection(options.startup_timeout)
@@ -123,10 +124,11 @@ class ForkedKernel(ProcessKernel):
         rlimits = {}
         if options.max_processes is not None and self.needs_nproc_limit:
             rlimits["RLIMIT_NPROC"] = options.max_processes
+        cgroups = self._cgroup.procs_files() if self._cgroup is not None else []
         return {
             "id": self.kernel_id, "connection_file": self._connection_file,
             "stderr_path": self._stderr_path, "env": options.kernel_env(), "cwd": options.cwd,
-            "rlimits": rlimits, "argv": KERNEL_ARGV,
+            "rlimits": rlimits, "argv": KERNEL_ARGV, "cgroups": cgroups,
         }  # fmt: skip
 
     def _connect(self) -> None:

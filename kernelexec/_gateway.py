@@ -50,6 +50,7 @@ class GatewayKernel:
     """A kernel run by a Jupyter gateway, driven over its REST API and websocket."""
 
     needs_nproc_limit = False  # max_processes is refused for gateway kernels (see _options)
+    limits_memory = False  # the kernel applies memory_limit to itself
 
     def __init__(self, rest: GatewayREST, kernel_id: str) -> None:
         self.config = rest.config

@@ -77,20 +77,22 @@ class LocalKernel(ProcessKernel):
         env: dict[str, str],
         startup_timeout: float,
         max_processes: int | None = None,
+        memory_limit: int | None = None,
     ) -> LocalKernel:
         """Start a kernel and return it once it answers requests on every channel."""
         manager = _new_manager(kernel_name)
         kernel = cls(manager, tempfile.TemporaryFile(prefix="kernelexec-stderr-"))
         _LIVE_KERNELS.add(kernel)
         try:
+            kernel._make_cgroup(max_processes, memory_limit)
             await manager.start_kernel(
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=kernel._stderr_file, extra_arguments=_extra_arguments(manager),
             )  # fmt: skip
-            kernel._contain(max_processes)
-            cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
+            kernel._contain(max_processes, memory_limit)
+            cgroups = kernel._cgroup.paths if kernel._cgroup is not None else []
             kernel._watchdog = OwnerDeathWatchdog.start(
-                manager.provisioner.pgid, _kernel_files(manager), cgroup
+                manager.provisioner.pgid, _kernel_files(manager), cgroups
             )
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, startup_timeout, f"kernel {kernel_name!r}")

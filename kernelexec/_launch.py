@@ -27,6 +27,7 @@ from ._fork_client import ForkServer, Template, interpreter_of
 from ._forked_kernel import ForkedKernel
 from ._kernel import LocalKernel, kernel_spec
 from ._options import SessionOptions
+from ._process_kernel import MEMORY_CGROUP_MINIMUM
 from ._traceback import plain_traceback
 from ._wire import ERROR_PAYLOAD_SOURCE, MAX_MESSAGE_CHARS, STDERR_KEEP_BYTES
 
@@ -75,6 +76,7 @@ class Launcher:
         return await LocalKernel.start(
             options.kernel_name, cwd=options.cwd, env=options.kernel_env(),
             startup_timeout=options.startup_timeout, max_processes=options.max_processes,
+            memory_limit=options.memory_limit,
         )  # fmt: skip
 
     @property
@@ -140,7 +142,7 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions, *, star
         except KernelStartError as error:
             if options.memory_limit is None:
                 raise
-            raise KernelStartError(_memory_limit_too_small(options.memory_limit, error)) from error
+            raise KernelStartError(_memory_limit_too_small(options.memory_limit, error, kernel.limits_memory)) from error
     else:
         _refuse_unenforceable_limits(kernel, options)
     if options.startup_code and startup_code:
@@ -150,8 +152,9 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions, *, star
 def bootstrap_code(kernel: KernelBackend, options: SessionOptions) -> str:
     """Code that runs ``_kernel_side`` in a private namespace and installs its hooks."""
     nproc = options.max_processes if kernel.needs_nproc_limit else None
+    memory = None if kernel.limits_memory else options.memory_limit  # else RLIMIT_AS, in the kernel
     install = (
-        f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r}, {nproc!r},"
+        f"install({MAX_MESSAGE_CHARS}, {memory!r}, {nproc!r},"
         f" {options.max_output_bytes!r}, {ERROR_PAYLOAD_SOURCE!r}, {STDERR_KEEP_BYTES!r})"
     )
     return (
@@ -164,7 +167,7 @@ def _refuse_unenforceable_limits(kernel: KernelBackend, options: SessionOptions)
     """Limits kernelexec applies from inside Python kernels cannot bind another language's."""
     unenforced = [
         name for name, needed in (
-            ("memory_limit", options.memory_limit is not None),
+            ("memory_limit", options.memory_limit is not None and not kernel.limits_memory),
             ("max_processes", kernel.needs_nproc_limit),
         ) if needed
     ]  # fmt: skip
@@ -194,10 +197,15 @@ async def run_private(kernel: KernelBackend, code: str, options: SessionOptions,
     return call
 
 
-def _memory_limit_too_small(memory_limit: int, error: KernelStartError) -> str:
+def _memory_limit_too_small(memory_limit: int, error: KernelStartError, by_cgroup: bool) -> str:
     cause = str(error).strip().splitlines()[-1]  # the kernel's refusal, its death, or the wait
+    if by_cgroup:
+        how = (f"memory_limit caps the kernel's memory (a memory cgroup), and a kernel needs about "
+               f"{MEMORY_CGROUP_MINIMUM // 2**20} MiB to start: raise it or leave it unset")  # fmt: skip
+    else:
+        how = ("memory_limit caps virtual memory here (RLIMIT_AS: no memory cgroup can be made), and "
+               "an IPython kernel needs about 768 MiB of it to start: raise it (1 GiB or more) or leave it unset")  # fmt: skip
     return (
         f"the kernel could not start with memory_limit={memory_limit / 2**20:g} MiB, which is "
-        f"probably too small ({cause}). memory_limit caps virtual memory (RLIMIT_AS), and an "
-        "IPython kernel needs about 768 MiB of it to start: raise it (1 GiB or more) or leave it unset"
+        f"probably too small ({cause}). {how}"
     )

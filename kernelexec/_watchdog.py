@@ -15,7 +15,7 @@ class OwnerDeathWatchdog:
     (close-on-exec, so no program it starts inherits it; a child that forks without exec, like
     multiprocessing's fork start method, keeps it until that child exits). When this process
     exits, even by SIGKILL, the read returns end-of-file and the watchdog kills the whole group
-    (and everything in the kernel's cgroup, if it has one) and removes the kernel's connection
+    (and everything in the kernel's cgroups, if it has any) and removes the kernel's connection
     and socket files, which a killed owner cannot. A normal shutdown writes a line first: the
     watchdog then exits without touching anything (the group id may be reused by then).
     """
@@ -23,10 +23,11 @@ class OwnerDeathWatchdog:
     SCRIPT = (
         'if read -r _; then exit 0; fi; '
         'kill -9 -"$0" 2>/dev/null; rm -f "$@"; '  # dash's kill takes no --
-        'if [ -n "$KERNELEXEC_CGROUP" ]; then for i in 1 2 3 4 5 6 7 8 9 10; do '
-        '[ -d "$KERNELEXEC_CGROUP" ] || break; '
-        'for p in $(cat "$KERNELEXEC_CGROUP/cgroup.procs" 2>/dev/null); do kill -9 "$p"; done; '
-        'rmdir "$KERNELEXEC_CGROUP" 2>/dev/null && break; sleep 0.2; done; fi; exit 0'
+        'set -f; IFS="\n"; '  # the cgroups, one a line (a real newline in the script)
+        'for c in $KERNELEXEC_CGROUPS; do for i in 1 2 3 4 5 6 7 8 9 10; do '
+        '[ -d "$c" ] || break; '
+        'for p in $(cat "$c/cgroup.procs" 2>/dev/null); do kill -9 "$p"; done; '
+        'rmdir "$c" 2>/dev/null && break; sleep 0.2; done; done; exit 0'
     )
 
     def __init__(self, process: subprocess.Popen[bytes], write_end: int) -> None:
@@ -34,7 +35,7 @@ class OwnerDeathWatchdog:
         self._write_end = write_end
 
     @classmethod
-    def start(cls, pgid: int | None, files: list[str], cgroup: str | None) -> OwnerDeathWatchdog | None:
+    def start(cls, pgid: int | None, files: list[str], cgroups: list[str]) -> OwnerDeathWatchdog | None:
         if not pgid or os.name != "posix" or not os.path.exists("/bin/sh"):
             return None
         read_end, write_end = os.pipe()
@@ -42,7 +43,7 @@ class OwnerDeathWatchdog:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", cls.SCRIPT, str(pgid), *files],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                env={"PATH": os.defpath, "KERNELEXEC_CGROUP": cgroup or ""},
+                env={"PATH": os.defpath, "KERNELEXEC_CGROUPS": "\n".join(cgroups)},
                 start_new_session=True,  # a Ctrl-C aimed at us must not take the watchdog first
             )  # fmt: skip
         except OSError:
