@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
+from conftest import REPO_ROOT
 from memory_limits import kernel_cgroup_dirs, memory_limit_in
 
 import kernelexec as kx
@@ -112,6 +116,35 @@ def test_the_cgroups_of_kernels_forks_and_checkpoints_are_removed_at_shutdown():
         child.shutdown()
         assert not any(os.path.exists(d) for d in dirs["fork"])
     assert not any(os.path.exists(d) for d in dirs["kernel"])
+
+
+OWNER = """
+import sys, time
+import kernelexec as kx
+s = kx.Session(memory_limit=256 * 2**20).start()
+print(s.execute("import os; os.getpid()").result, flush=True)
+time.sleep(600)
+"""
+
+
+@needs_memory_cgroup
+def test_the_cgroups_of_a_sigkilled_owners_kernel_are_removed(tmp_path):
+    (tmp_path / "owner.py").write_text(OWNER)
+    owner = subprocess.Popen([sys.executable, str(tmp_path / "owner.py")], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=REPO_ROOT))  # fmt: skip
+    try:
+        dirs = kernel_cgroup_dirs(int(owner.stdout.readline()))
+        assert len(dirs) == 2 and all(os.path.isdir(d) for d in dirs), dirs
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(os.path.exists(d) for d in dirs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(os.path.exists(d) for d in dirs), dirs  # the watchdog removed them
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
 
 
 @needs_memory_cgroup
