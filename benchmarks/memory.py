@@ -94,6 +94,9 @@ def main() -> None:
             seen, calls = deaths(launcher, code)
             print(f"{launcher}: {name} under {LIMIT // MiB} MiB: died, seen after {ms(seen):.0f} ms "
                   f"(max {max(seen) * 1000:.0f}), call with restart {ms(calls):.0f} ms")
+        with kx.Session(launcher=launcher) as s:  # the baseline: touching as much, with no limit
+            touch = time_calls(lambda: s.execute(f"blob = bytearray({LIMIT}); del blob"), DEATHS)
+        print(f"{launcher}: bytearray({LIMIT // MiB} MiB) without a limit: {ms(touch):.0f} ms")
         print(f"{launcher}: smallest memory_limit that starts a kernel: {smallest_limit(launcher)} MiB")
 
 
