@@ -29,9 +29,10 @@ DEATH_DRAIN_SECONDS = 0.02
 DEATH_STATUS_WAIT_SECONDS = 1.0
 # Without a pidfd (non-Linux), how often to check whether the kernel process is alive.
 EXIT_CHECK_SECONDS = 0.1
-# The smallest memory_limit accepted when a memory cgroup enforces it. Measured (README): a
-# spawned kernel is charged about 50 MiB once ready and prepared (44 MiB failed, 52 MiB started),
-# a forked one about 22 MiB (18 MiB failed); the rest is headroom for the code.
+# The smallest memory_limit accepted when a memory cgroup enforces it. Measured (README,
+# benchmarks/memory.py): a spawned kernel is charged about 50 MiB once ready and prepared (the
+# smallest limit that started one was 51 MiB), a forked one about 22 MiB (23 MiB); the rest is
+# headroom for the code.
 MEMORY_CGROUP_MINIMUM = 64 * 2**20
 
 log = logging.getLogger("kernelexec")

@@ -159,6 +159,13 @@ def test_a_memory_limit_too_small_to_start_names_the_minimum():
 
 
 @needs_memory_cgroup
+def test_startup_code_over_the_limit_is_a_start_error_naming_the_limit():
+    with pytest.raises(kx.KernelStartError) as caught:
+        kx.Session(memory_limit=64 * MiB, startup_code="blob = b'x' * (100 * 2**20)").start()
+    assert "the kernel died while running startup_code: the kernel used more than its memory_limit of 64 MiB" in str(caught.value)
+
+
+@needs_memory_cgroup
 def test_which_mechanism_limits_memory_is_logged(caplog):
     with caplog.at_level(logging.DEBUG, logger="kernelexec"), kx.Session(memory_limit=512 * MiB) as s:
         s.execute("1")
