@@ -68,8 +68,8 @@ def hierarchies(mountinfo: str, own_cgroups: str) -> list[Hierarchy]:
         root, mount = fields[3], fields[4]
         fstype, _, superoptions = line.split(" - ", 1)[1].split()[:3]
         if fstype == "cgroup":
-            controllers = frozenset(superoptions.split(",")) - {"rw", "ro"}
-            key = next((k for k in own_paths if k != "0" and set(k.split(",")) == controllers), None)
+            controllers = frozenset(superoptions.split(",")) - {"rw", "ro"}  # and options, harmless
+            key = next((k for k in own_paths if k != "0" and set(k.split(",")) <= controllers), None)
             version = 1
         elif fstype == "cgroup2":
             controllers = frozenset(_read(os.path.join(mount, "cgroup.controllers")).split())
