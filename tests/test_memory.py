@@ -21,6 +21,7 @@ from memory_limits import kernel_cgroup_dirs, memory_limit_in
 
 import kernelexec as kx
 from kernelexec._cgroups import Hierarchy, KernelCgroup, hierarchies
+from kernelexec._launch import _memory_limit_too_small
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -156,6 +157,14 @@ def test_a_memory_limit_too_small_to_start_names_the_minimum():
     assert "memory_limit=32 MiB is too small to start a kernel" in message
     assert "needs about 64 MiB" in message and "memory cgroup" in message
     assert time.monotonic() - started < 10  # refused before a kernel is made
+
+
+def test_a_kernel_dying_in_its_setup_under_a_memory_cgroup_gets_the_cgroup_hint():
+    died = kx.KernelStartError("the kernel died while running kernelexec's in-kernel setup: the kernel used more")
+    message = _memory_limit_too_small(70 * MiB, died, by_cgroup=True)
+    assert message.startswith("the kernel could not start with memory_limit=70 MiB, which is probably too small")
+    assert "(a memory cgroup), and a kernel needs about 64 MiB to start" in message
+    assert "RLIMIT_AS" not in message
 
 
 @needs_memory_cgroup
