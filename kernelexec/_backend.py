@@ -28,8 +28,11 @@ class KernelDeath:
     exit_code: int | None = None
     signal_number: int | None = None
     detail: str = ""
+    cause: str = ""  # known for certain (e.g. the memory limit), said instead of a guess
 
     def describe(self) -> str:
+        if self.cause:
+            return self.cause
         if self.signal_number is not None:
             cause = f"the kernel process was killed by {_signal_name(self.signal_number)}"
             if self.signal_number == getattr(signal, "SIGKILL", None):
@@ -61,6 +64,8 @@ class KernelBackend(Protocol):
     # max_processes must be enforced by the kernel on itself (RLIMIT_NPROC), see _containment.
     needs_nproc_limit: bool
     installed: str | None  # the install(...) call kernelexec's in-kernel hooks were installed with
+    # memory_limit is enforced outside the kernel (a memory cgroup); else by it (RLIMIT_AS).
+    limits_memory: bool
 
     def request(self, channel: str, msg_type: str, content: dict[str, Any], parent: Message | None = None) -> str:
         """Send a message; returns its msg_id."""

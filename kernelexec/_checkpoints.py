@@ -23,7 +23,7 @@ from collections.abc import Coroutine
 from typing import Any, Callable, TypeVar
 
 from ._backend import KernelBackend
-from ._containment import PidsCgroup
+from ._cgroups import KernelCgroup
 from ._errors import ForkNotSupported, ForkWarning, KernelexecError, KernelStartError
 from ._fork_client import FORK_SOURCE, ForkServer, runtime_path
 from ._forked_kernel import ForkedKernel
@@ -59,7 +59,7 @@ class AsyncCheckpoint:
     """
 
     def __init__(self, server: ForkServer, execution_count: int, watchdog: OwnerDeathWatchdog | None,
-                 forget: Callable[[AsyncCheckpoint], None], cgroup: PidsCgroup | None = None,
+                 forget: Callable[[AsyncCheckpoint], None], cgroup: KernelCgroup | None = None,
                  has_hooks: bool = False) -> None:  # fmt: skip
         self.server = server
         self.has_hooks = has_hooks  # the source had kernelexec's hooks: the copy has their code
@@ -187,8 +187,8 @@ async def take_checkpoint(kernel: KernelBackend, options: SessionOptions, execut
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
-    cgroup = _own_cgroup(answer["pid"])
-    watchdog = OwnerDeathWatchdog.start(answer["pid"], [path], cgroup.path if cgroup else None)
+    cgroup = _own_cgroup(answer["pid"], options)
+    watchdog = OwnerDeathWatchdog.start(answer["pid"], [path], cgroup.paths if cgroup else [])
     checkpoint = AsyncCheckpoint(server, execution_count, watchdog, forget, cgroup, kernel.installed is not None)
     if answer.get("threads"):
         try:
@@ -207,18 +207,15 @@ def _checkpoint_code(path: str, source: str | None) -> str:
     return f"exec(compile({code!r}, '<kernelexec>', 'exec'), {{'__name__': '__kernelexec__'}})"
 
 
-def _own_cgroup(pid: int) -> PidsCgroup | None:
-    """Move the copy out of its source kernel's cgroup, which goes (killing all in it) with the
-    kernel; in a cgroup of its own it goes only with the checkpoint."""
-    cgroup = PidsCgroup.create(f"kernelexec-checkpoint-{uuid.uuid4()}", None)
-    if cgroup is None:
-        return None
-    try:
+def _own_cgroup(pid: int, options: SessionOptions) -> KernelCgroup | None:
+    """Move the copy out of its source kernel's cgroups, which go (killing all in them) with the
+    kernel; in cgroups of its own (limited as a kernel is) it goes only with the checkpoint."""
+    cgroup = KernelCgroup.create(
+        f"kernelexec-checkpoint-{uuid.uuid4()}", max_processes=None, memory_limit=options.memory_limit
+    )
+    if cgroup is not None:
         cgroup.add(pid)
-    except OSError:
-        cgroup.kill_and_remove()
-        return None
-    return cgroup
+    return cgroup if cgroup is not None and cgroup.paths else None
 
 
 async def restore_kernel(checkpoint: AsyncCheckpoint, options: SessionOptions, witnesses: list[ForkServer]) -> ForkedKernel:

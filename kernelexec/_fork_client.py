@@ -273,7 +273,7 @@ class Template:
                 raise
             raise KernelStartError(f"could not start a fork template with {argv0}: {error}") from None
         view = SandboxView(directory, process.pid) if directory is not None else None
-        watchdog = OwnerDeathWatchdog.start(process.pid, [path], None, directory)
+        watchdog = OwnerDeathWatchdog.start(process.pid, [path], [], directory)
         try:
             server = await ForkServer.connect(path, timeout, view)
         except (OSError, ConnectionError) as error:

@@ -8,8 +8,9 @@ with ``python -c SOURCE + "serve_template(path)"``; a live kernel runs it in a p
 A fork server is one thread blocked in ``poll()`` on an AF_UNIX socket (mode 0600, unlinked on
 exit). Clients send JSON objects, one per line, and get each reply on their connection:
 ``{"op": "ping"}``, ``{"op": "fork", "id", "connection_file", "stderr_path", "env", "cwd", "rlimits",
-"argv", "install"}`` (a child in its own session becomes a kernel on the client's connection file;
-its pid is replied only once it leads its process group; ``install``: the ``install(...)`` call of
+"argv", "cgroups", "install"}`` (a child in its own session, moved first into the cgroups whose
+``cgroup.procs`` files are listed, becomes a kernel on the client's connection file; its pid is
+replied only once it leads its process group; ``install``: the ``install(...)`` call of
 kernelexec's in-kernel code the child runs before it serves a request), ``{"op": "load",
 "source"}`` (compile that code in the server, for its children), ``{"op": "close"}`` (the server exits, its children
 stay). Every connection also gets ``{"event": "exited", "pid", "returncode"}`` for each process
@@ -70,6 +71,16 @@ def _lower_limit(name, value):
     resource.setrlimit(limit, (value, value))
 
 
+def _join_cgroup(procs):
+    """Move this process into a cgroup before it allocates anything (its memory is charged
+    there from now on); the client moves it again after the fork, in case this failed."""
+    try:
+        with open(procs, "w") as handle:
+            handle.write("0")
+    except OSError:
+        pass
+
+
 def _check_fork_request(request):
     """The request's fields, checked; raises ValueError naming what is wrong."""
     import resource
@@ -94,9 +105,9 @@ def _check_fork_request(request):
     for name, value in rlimits.items():
         if not (name.startswith("RLIMIT_") and hasattr(resource, name) and isinstance(value, int)):
             raise ValueError("fork: bad rlimit %r: %r" % (name, value))
-    argv = need("argv", list, optional=True) or []
-    if not all(isinstance(arg, str) for arg in argv):
-        raise ValueError("fork: 'argv' must be a list of str")
+    for name in ("argv", "cgroups"):
+        if not all(isinstance(item, str) for item in need(name, list, optional=True) or []):
+            raise ValueError("fork: %r must be a list of str" % name)
     need("install", str, optional=True)
 
 
@@ -253,6 +264,8 @@ class _Server(object):
         code = _CHILD_FAILED
         try:
             os.setsid()
+            for procs in request.get("cgroups") or ():
+                _join_cgroup(procs)
             os.write(ready_w, b".")
             os.close(ready_w)
             signal.set_wakeup_fd(-1)

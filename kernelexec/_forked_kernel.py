@@ -96,10 +96,11 @@ class ForkedKernel(ProcessKernel):
             kernel._servers = [server, *witnesses]
             for witness in kernel._servers:
                 witness.on_exit(kernel._on_status)
+            kernel._make_cgroup(options.max_processes, options.memory_limit)
             kernel._pid = await server.fork({**kernel._fork_request(options), "install": install})
-            kernel._contain(options.max_processes)
-            cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
-            kernel._watchdog = OwnerDeathWatchdog.start(kernel._pid, kernel._files(), cgroup)
+            kernel._contain(options.max_processes, options.memory_limit)
+            cgroups = kernel._cgroup.paths if kernel._cgroup is not None else []
+            kernel._watchdog = OwnerDeathWatchdog.start(kernel._pid, kernel._files(), cgroups)
             kernel._connect()
             kernel.info = await wait_until_ready(kernel, options.startup_timeout, f"a forked {options.kernel_name!r} kernel")
             await kernel._await_stdin_connection(options.startup_timeout)
@@ -138,10 +139,12 @@ class ForkedKernel(ProcessKernel):
         env, cwd = options.kernel_env(), options.cwd
         if self.view is not None:  # the sandbox's view of home and /tmp; the template's cwd
             env, cwd = sandbox_env(env), None
+        # A sandboxed child cannot reach the cgroup file system: the client moves it (_contain).
+        cgroups = self._cgroup.procs_files() if self._cgroup is not None and self.view is None else []
         return {
             "id": self.kernel_id, "connection_file": self._connection_file,
             "stderr_path": self._stderr_path, "env": env, "cwd": cwd,
-            "rlimits": rlimits, "argv": KERNEL_ARGV,
+            "rlimits": rlimits, "argv": KERNEL_ARGV, "cgroups": cgroups,
         }  # fmt: skip
 
     def _connect(self) -> None:

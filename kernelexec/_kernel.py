@@ -89,6 +89,7 @@ class LocalKernel(ProcessKernel):
         startup_timeout: float,
         max_processes: int | None = None,
         sandbox: Sandbox | None = None,
+        memory_limit: int | None = None,
     ) -> LocalKernel:
         """Start a kernel and return it once it answers requests on every channel (in
         ``sandbox``, if given: see ``_sandbox``)."""
@@ -108,6 +109,7 @@ class LocalKernel(ProcessKernel):
         kernel = cls(manager, tempfile.TemporaryFile(prefix="kernelexec-stderr-"), sandboxed)
         _LIVE_KERNELS.add(kernel)
         try:
+            kernel._make_cgroup(max_processes, memory_limit)
             try:
                 await manager.start_kernel(
                     cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -117,13 +119,13 @@ class LocalKernel(ProcessKernel):
                 if sandboxed is not None:
                     sandboxed.launched()
             if sandboxed is not None:  # its pid 1 waits to be contained before the kernel starts
-                kernel._contain(max_processes, pid=await sandboxed.init_started())
+                kernel._contain(max_processes, memory_limit, pid=await sandboxed.init_started())
                 sandboxed.unblock()
             else:
-                kernel._contain(max_processes)
-            cgroup = kernel._cgroup.path if kernel._cgroup is not None else None
+                kernel._contain(max_processes, memory_limit)
+            cgroups = kernel._cgroup.paths if kernel._cgroup is not None else []
             kernel._watchdog = OwnerDeathWatchdog.start(
-                manager.provisioner.pgid, _kernel_files(manager), cgroup,
+                manager.provisioner.pgid, _kernel_files(manager), cgroups,
                 sandboxed.runtime_dir if sandboxed is not None else None,
             )  # fmt: skip
             kernel._connect()

@@ -27,6 +27,7 @@ from ._fork_client import ForkServer, Template, interpreter_of
 from ._forked_kernel import ForkedKernel
 from ._kernel import LocalKernel, kernel_spec
 from ._options import SessionOptions
+from ._process_kernel import MEMORY_CGROUP_MINIMUM
 from ._traceback import plain_traceback
 from ._wire import ERROR_PAYLOAD_SOURCE, MAX_MESSAGE_CHARS, STDERR_KEEP_BYTES
 
@@ -76,6 +77,7 @@ class Launcher:
             options.kernel_name, cwd=options.cwd, env=options.kernel_env(),
             startup_timeout=options.startup_timeout, max_processes=options.max_processes,
             sandbox=options.sandbox,
+            memory_limit=options.memory_limit,
         )  # fmt: skip
 
     @property
@@ -120,7 +122,7 @@ class Launcher:
 def self_install(options: SessionOptions) -> str | None:
     """The ``install(...)`` call a forked kernel for ``options`` runs itself as it starts, if any.
     (A memory limit is left to the client's setup: it reports a limit too small to start.)"""
-    return install_call(options, False) if options.memory_limit is None else None
+    return install_call(options, False, False) if options.memory_limit is None else None
 
 
 def fork_interpreter(options: SessionOptions) -> str:
@@ -147,14 +149,14 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions, *, star
     """Install kernelexec's in-kernel hooks (Python kernels; unless the kernel did, as it
     started), then run the startup code (not in a copy of a kernel that ran it already)."""
     if kernel.info.get("language_info", {}).get("name") == "python":
-        call = install_call(options, kernel.needs_nproc_limit)
+        call = install_call(options, kernel.needs_nproc_limit, kernel.limits_memory)
         if kernel.installed != call:  # a forked kernel installs them itself as it starts
             try:
                 await run_private(kernel, bootstrap_code(kernel, options), options, "kernelexec's in-kernel setup")
             except KernelStartError as error:
                 if options.memory_limit is None:
                     raise
-                raise KernelStartError(_memory_limit_too_small(options.memory_limit, error)) from error
+                raise KernelStartError(_memory_limit_too_small(options.memory_limit, error, kernel.limits_memory)) from error
             kernel.installed = call
     else:
         _refuse_unenforceable_limits(kernel, options)
@@ -164,19 +166,21 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions, *, star
 
 def bootstrap_code(kernel: KernelBackend, options: SessionOptions) -> str:
     """Code that runs ``_kernel_side`` in a private namespace and installs its hooks."""
-    install = install_call(options, kernel.needs_nproc_limit)
+    install = install_call(options, kernel.needs_nproc_limit, kernel.limits_memory)
     return (
         f"exec(compile({KERNEL_SOURCE + chr(10) + install!r}, '<kernelexec>', 'exec'),"
         " {'__name__': '__kernelexec__'})"
     )
 
 
-def install_call(options: SessionOptions, nproc_limit: bool) -> str:
+def install_call(options: SessionOptions, nproc_limit: bool, limits_memory: bool) -> str:
     """The ``install(...)`` call that prepares a kernel for ``options`` (``nproc_limit``: the
-    kernel enforces ``max_processes`` itself). Equal calls install equal hooks."""
+    kernel enforces ``max_processes`` itself; ``limits_memory``: a cgroup enforces
+    ``memory_limit``, else the kernel does, by RLIMIT_AS). Equal calls install equal hooks."""
     nproc = options.max_processes if nproc_limit else None
+    memory = None if limits_memory else options.memory_limit
     return (
-        f"install({MAX_MESSAGE_CHARS}, {options.memory_limit!r}, {nproc!r},"
+        f"install({MAX_MESSAGE_CHARS}, {memory!r}, {nproc!r},"
         f" {options.max_output_bytes!r}, {ERROR_PAYLOAD_SOURCE!r}, {STDERR_KEEP_BYTES!r})"
     )
 
@@ -185,7 +189,7 @@ def _refuse_unenforceable_limits(kernel: KernelBackend, options: SessionOptions)
     """Limits kernelexec applies from inside Python kernels cannot bind another language's."""
     unenforced = [
         name for name, needed in (
-            ("memory_limit", options.memory_limit is not None),
+            ("memory_limit", options.memory_limit is not None and not kernel.limits_memory),
             ("max_processes", kernel.needs_nproc_limit),
         ) if needed
     ]  # fmt: skip
@@ -215,10 +219,15 @@ async def run_private(kernel: KernelBackend, code: str, options: SessionOptions,
     return call
 
 
-def _memory_limit_too_small(memory_limit: int, error: KernelStartError) -> str:
+def _memory_limit_too_small(memory_limit: int, error: KernelStartError, by_cgroup: bool) -> str:
     cause = str(error).strip().splitlines()[-1]  # the kernel's refusal, its death, or the wait
+    if by_cgroup:
+        how = (f"memory_limit caps the kernel's memory (a memory cgroup), and a kernel needs about "
+               f"{MEMORY_CGROUP_MINIMUM // 2**20} MiB to start: raise it or leave it unset")  # fmt: skip
+    else:
+        how = ("memory_limit caps virtual memory here (RLIMIT_AS: no memory cgroup can be made), and "
+               "an IPython kernel needs about 768 MiB of it to start: raise it (1 GiB or more) or leave it unset")  # fmt: skip
     return (
         f"the kernel could not start with memory_limit={memory_limit / 2**20:g} MiB, which is "
-        f"probably too small ({cause}). memory_limit caps virtual memory (RLIMIT_AS), and an "
-        "IPython kernel needs about 768 MiB of it to start: raise it (1 GiB or more) or leave it unset"
+        f"probably too small ({cause}). {how}"
     )

@@ -9,13 +9,16 @@ interrupted, and in how they learn their exit status.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
 import time
 from typing import IO, Any
 
 from ._backend import KernelDeath, KernelDied
+from ._cgroups import KernelCgroup
 from ._channels import ZmqChannels, open_pidfd
-from ._containment import PidsCgroup, descendants, process_limit_for_root_unavailable
+from ._containment import descendants, process_limit_for_root_unavailable
 from ._errors import KernelStartError
 from ._sandbox_start import SandboxView
 from ._watchdog import OwnerDeathWatchdog
@@ -27,6 +30,13 @@ DEATH_DRAIN_SECONDS = 0.02
 DEATH_STATUS_WAIT_SECONDS = 1.0
 # Without a pidfd (non-Linux), how often to check whether the kernel process is alive.
 EXIT_CHECK_SECONDS = 0.1
+# The smallest memory_limit accepted when a memory cgroup enforces it. Measured (README,
+# benchmarks/memory.py): a spawned kernel is charged about 50 MiB once ready and prepared (the
+# smallest limit that started one was 51 MiB), a forked one about 22 MiB (23 MiB); the rest is
+# headroom for the code.
+MEMORY_CGROUP_MINIMUM = 64 * 2**20
+
+log = logging.getLogger("kernelexec")
 
 
 class ProcessKernel:
@@ -35,6 +45,7 @@ class ProcessKernel:
     needs_nproc_limit = False  # set when max_processes must be enforced by the kernel itself
     has_fork_code = False  # whether the kernel holds the code that checkpoints it (``_checkpoints``)
     installed: str | None = None  # the install(...) call its kernelexec hooks were installed with
+    limits_memory = False  # set when memory_limit is enforced by the kernel's memory cgroup
 
     def __init__(self, stderr_file: IO[bytes]) -> None:
         self._stderr_file = stderr_file
@@ -43,7 +54,7 @@ class ProcessKernel:
         self._exited_at: float | None = None
         self._closed = False
         self._watchdog: OwnerDeathWatchdog | None = None
-        self._cgroup: PidsCgroup | None = None
+        self._cgroup: KernelCgroup | None = None
         self.info: dict[str, Any] = {}
         # A kernel in a sandbox that can fork copies (a sandboxed template's): see _sandbox_start.
         self.view: SandboxView | None = None
@@ -62,6 +73,10 @@ class ProcessKernel:
 
     def death(self) -> KernelDeath:
         code = self.returncode()
+        cgroup = self._cgroup
+        if cgroup is not None and cgroup.memory_limit and cgroup.oom_kills() and code in (None, -signal.SIGKILL):
+            return KernelDeath(signal_number=signal.SIGKILL, detail=self.stderr_tail(),
+                               cause=memory_limit_exceeded(cgroup.memory_limit))  # fmt: skip
         if code is not None and code < 0:
             return KernelDeath(signal_number=-code, detail=self.stderr_tail())
         if code is None and self._exit_status_comes_later():
@@ -177,24 +192,39 @@ class ProcessKernel:
             self._channels = None
 
 
-    def _contain(self, max_processes: int | None, pid: int | None = None) -> None:
-        """Put the kernel (or ``pid``, the process it descends from) in a cgroup of its own
-        where possible (see ``_containment``)."""
-        pid = pid or self.pid
-        self._cgroup = PidsCgroup.create(f"kernelexec-{self.kernel_id}", max_processes)
-        if self._cgroup is not None and pid is not None:
-            try:
-                self._cgroup.add(pid)
-                return
-            except OSError:
-                self._cgroup.kill_and_remove()
-                self._cgroup = None
-        if max_processes is None:
-            return
-        if os.geteuid() == 0:
-            raise process_limit_for_root_unavailable()
-        self.needs_nproc_limit = True
+    def _make_cgroup(self, max_processes: int | None, memory_limit: int | None) -> None:
+        """A cgroup for the kernel where one can be made (see ``_cgroups``), before it starts."""
+        self._cgroup = KernelCgroup.create(
+            f"kernelexec-{self.kernel_id}", max_processes=max_processes, memory_limit=memory_limit
+        )
+        self._check_limits(max_processes, memory_limit)
+        if self._cgroup is not None and self._cgroup.memory_limit is not None:
+            refuse_a_limit_below_minimum(self._cgroup.memory_limit)
 
+    def _contain(self, max_processes: int | None, memory_limit: int | None, pid: int | None = None) -> None:
+        """Put the started kernel (or ``pid``, the process it descends from: a sandbox's pid 1)
+        in its cgroup; say how its limits are enforced."""
+        pid = pid or self.pid
+        assert pid is not None
+        if self._cgroup is not None:
+            self._cgroup.add(pid)
+            if not self._cgroup.paths:
+                self._cgroup = None
+        self._check_limits(max_processes, memory_limit)
+        if memory_limit is not None:
+            how = f"its memory cgroup {self._cgroup.memory_path}" if self.limits_memory else "RLIMIT_AS"
+            log.debug("kernel %s: memory_limit=%d enforced by %s", self.kernel_id, memory_limit, how)
+
+    def _check_limits(self, max_processes: int | None, memory_limit: int | None) -> None:
+        """Which limits the kernel must set on itself (no cgroup controller for them)."""
+        cgroup = self._cgroup
+        self.limits_memory = cgroup is not None and cgroup.memory_limit is not None
+        self.needs_nproc_limit = max_processes is not None and (cgroup is None or cgroup.pids_path is None)
+        if self.needs_nproc_limit and os.geteuid() == 0:
+            if cgroup is not None:
+                cgroup.kill_and_remove()
+                self._cgroup = None
+            raise process_limit_for_root_unavailable()
 
     def _strays(self) -> dict[int, bytes]:
         """Without a cgroup, what the code started outside the kernel's process group is found
@@ -217,6 +247,22 @@ class ProcessKernel:
             os.close(self._pidfd)
             self._pidfd = None
         self._stderr_file.close()
+
+
+def memory_limit_exceeded(memory_limit: int) -> str:
+    return (
+        f"the kernel used more than its memory_limit of {memory_limit / 2**20:g} MiB and was "
+        "stopped by the out-of-memory killer"
+    )
+
+
+def refuse_a_limit_below_minimum(memory_limit: int) -> None:
+    if memory_limit < MEMORY_CGROUP_MINIMUM:
+        raise KernelStartError(
+            f"memory_limit={memory_limit / 2**20:g} MiB is too small to start a kernel: a kernel "
+            f"needs about {MEMORY_CGROUP_MINIMUM // 2**20} MiB of memory to start (memory_limit "
+            "is enforced by a memory cgroup here). Raise it, or leave it unset."
+        )
 
 
 def format_detail(detail: str) -> str:

@@ -15,7 +15,7 @@ class OwnerDeathWatchdog:
     (close-on-exec, so no program it starts inherits it; a child that forks without exec, like
     multiprocessing's fork start method, keeps it until that child exits). When this process
     exits, even by SIGKILL, the read returns end-of-file and the watchdog kills the whole group
-    (and everything in the kernel's cgroup, if it has one) and removes the kernel's connection
+    (and everything in the kernel's cgroups, if it has any) and removes the kernel's connection
     and socket files, which a killed owner cannot. A normal shutdown writes a line first: the
     watchdog then exits without touching anything (the group id may be reused by then).
     """
@@ -24,10 +24,11 @@ class OwnerDeathWatchdog:
         'if read -r _; then exit 0; fi; '
         'kill -9 -"$0" 2>/dev/null; rm -f "$@"; '  # dash's kill takes no --
         '[ -z "$KERNELEXEC_DIR" ] || rm -rf "$KERNELEXEC_DIR"; '  # a sandbox's bound directory
-        'if [ -n "$KERNELEXEC_CGROUP" ]; then for i in 1 2 3 4 5 6 7 8 9 10; do '
-        '[ -d "$KERNELEXEC_CGROUP" ] || break; '
-        'for p in $(cat "$KERNELEXEC_CGROUP/cgroup.procs" 2>/dev/null); do kill -9 "$p"; done; '
-        'rmdir "$KERNELEXEC_CGROUP" 2>/dev/null && break; sleep 0.2; done; fi; exit 0'
+        'set -f; IFS="\n"; '  # the cgroups, one a line (a real newline in the script)
+        'for c in $KERNELEXEC_CGROUPS; do for i in 1 2 3 4 5 6 7 8 9 10; do '
+        '[ -d "$c" ] || break; '
+        'for p in $(cat "$c/cgroup.procs" 2>/dev/null); do kill -9 "$p"; done; '
+        'rmdir "$c" 2>/dev/null && break; sleep 0.2; done; done; exit 0'
     )
 
     def __init__(self, process: subprocess.Popen[bytes], write_end: int) -> None:
@@ -35,7 +36,7 @@ class OwnerDeathWatchdog:
         self._write_end = write_end
 
     @classmethod
-    def start(cls, pgid: int | None, files: list[str], cgroup: str | None,
+    def start(cls, pgid: int | None, files: list[str], cgroups: list[str],
               directory: str | None = None) -> OwnerDeathWatchdog | None:  # fmt: skip
         if not pgid or os.name != "posix" or not os.path.exists("/bin/sh"):
             return None
@@ -44,7 +45,7 @@ class OwnerDeathWatchdog:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", cls.SCRIPT, str(pgid), *files],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                env={"PATH": os.defpath, "KERNELEXEC_CGROUP": cgroup or "", "KERNELEXEC_DIR": directory or ""},
+                env={"PATH": os.defpath, "KERNELEXEC_CGROUPS": "\n".join(cgroups), "KERNELEXEC_DIR": directory or ""},
                 start_new_session=True,  # a Ctrl-C aimed at us must not take the watchdog first
             )  # fmt: skip
         except OSError:

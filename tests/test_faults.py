@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 import kernelexec as kx
-from kernelexec._containment import PidsCgroup
+from kernelexec._cgroups import KernelCgroup
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -281,7 +281,8 @@ def test_infinite_recursion_is_a_recursion_error(run, shared):
 # Resource limits
 
 
-def test_over_allocation_under_memory_limit_is_a_memory_error():
+def test_over_allocation_under_an_address_space_limit_is_a_memory_error(monkeypatch):
+    monkeypatch.setenv("KERNELEXEC_CGROUPS", "pids")  # no memory cgroup: RLIMIT_AS (test_memory.py has both)
     with kx.Session(memory_limit=1024 * MiB) as s:
         s.execute("kept = 'state'")
         r = Timed(s)("print('before', flush=True)\nblob = bytearray(2 * 2**30)", bound=15)
@@ -317,9 +318,9 @@ def containment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """Both ways of finding what the code started. Where this process cannot create cgroups the
     first case runs like the second (it is skipped if so); the second imitates such a machine."""
     if request.param == "no cgroup":
-        monkeypatch.setattr(PidsCgroup, "create", classmethod(lambda *_: None))
+        monkeypatch.setattr(KernelCgroup, "create", classmethod(lambda *_, **__: None))
     else:
-        probe = PidsCgroup.create(f"kernelexec-probe-{os.getpid()}", None)
+        probe = KernelCgroup.create(f"kernelexec-probe-{os.getpid()}", max_processes=None, memory_limit=None)
         if probe is None:
             pytest.skip("this process cannot create a pids cgroup")
         probe.kill_and_remove()

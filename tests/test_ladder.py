@@ -39,6 +39,7 @@ class ScriptedKernel:
     info: dict[str, Any] = field(default_factory=lambda: {"language_info": {"name": "python"}})
     needs_nproc_limit: bool = False
     installed: str | None = None
+    limits_memory: bool = False
     interrupts: int = 0
     closed: bool = False
     _inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = field(default_factory=asyncio.Queue)
