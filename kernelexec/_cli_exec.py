@@ -66,7 +66,10 @@ def exec_command(args: argparse.Namespace) -> int:
     answer = TerminalInput(wake_read) if args.stdin else None
     result: ExecutionResult | None = None
     try:
-        with Session(args.kernel, timeout=args.timeout, cwd=args.cwd, input_handler=answer) as session:
+        with Session(
+            args.kernel, timeout=args.timeout, cwd=args.cwd, input_handler=answer,
+            bound_output_in_kernel=False,  # every byte is shown, not only what the result keeps
+        ) as session:
             with _interrupt_on_sigint(session, printer, wake_write):
                 if answer is not None:
                     answer.deadline = time.monotonic() + args.timeout
