@@ -14,9 +14,11 @@ dropped it, and counts it the same. ``clear_output`` starts the count again, as 
 
 import os
 import threading
-from collections import deque
 
 SPILL_BATCH_BYTES = 1 << 20  # withheld text is written to the spill file in batches this big
+# How often a stream that withholds sends its tail while the call goes on (for on_output and
+# progress): ipykernel sends every 0.2 s, which would send a tail's worth five times a second.
+LIVE_TAIL_SECONDS = 1.0
 
 
 def _utf8_size(text):
@@ -43,6 +45,8 @@ class _OutputBound(object):
         self._shell = shell
         self._streams = streams
         shell.events.register("pre_execute", self._start_call)
+        # A forked child's writes are ipykernel's to send (to the parent's I/O thread).
+        os.register_at_fork(after_in_child=self._forget_call)
         publisher = getattr(shell, "display_pub", None)
         if hasattr(publisher, "register_hook"):
             publisher.register_hook(self._on_display_message)
@@ -58,18 +62,24 @@ class _OutputBound(object):
         shell_parent = getattr(self._streams[0], "parent_header", None)
         request = getattr(self._shell, "parent_header", None) or {}
         config = request.get("content", {}).get("kernelexec_output") if isinstance(request, dict) else None
-        if isinstance(config, dict) and shell_parent is not None:
+        echoes = any(getattr(stream, "echo", None) is not None for stream in self._streams)
+        if isinstance(config, dict) and shell_parent is not None and not echoes:
             self.call = _CallBound(config, self._streams)
+
+    def _forget_call(self):
+        self.call = None
 
     def end_call(self, *_):
         """The call's code is over (post_execute, after the fd pipes were drained): what it
         withholds from now on is not for its spill file, which the client deletes once it is done."""
         call = self.call
-        if call is not None:
-            with call.lock:
-                if call.spill_batch:
-                    call._write_spill()
-                call.spill_path = None
+        if call is None or call.spill_path is None:
+            return
+        if any(state.unsent for state in call.streams):
+            for stream in self._streams:  # the tails and their notices, the spill file written
+                stream.flush()
+        with call.lock:
+            call.spill_path = None
 
     def _on_display_message(self, msg):
         # clear_output flushed the streams before this hook sees its message: what follows is
@@ -87,8 +97,7 @@ class _StreamBound(object):
     def __init__(self, head_bytes):
         self.head_left = head_bytes  # bytes the stream sends before any is withheld
         self.head = []
-        self.tail = deque()
-        self.sizes = deque()
+        self.tail = []
         self.tail_size = 0
         self.withheld = 0  # bytes dropped since the last send
         self.spill_ranges = []  # where they are in the spill file: [offset, length] pairs
@@ -102,9 +111,9 @@ class _CallBound(object):
         max_bytes = int(config["max_output_bytes"])
         self.head_bytes = max_bytes // 2 + 1  # more than the client's head holds
         self.tail_bytes = max_bytes - max_bytes // 2
+        self.trim_bytes = 2 * self.tail_bytes
         self.notice_type = config.get("notice", "kernelexec.output_withheld")
         self.parents = [stream.parent_header for stream in streams]
-        self.pid = os.getpid()
         self.lock = threading.Lock()
         self.streams = [_StreamBound(self.head_bytes) for _ in streams]
         self.spill_path = config.get("spill_path")
@@ -121,6 +130,10 @@ class _CallBound(object):
 
     def has_pending(self):
         return any(state.unsent for state in self.streams)
+
+    def withholding(self, index):
+        """Whether stream ``index`` has sent its head (its text now waits in the tail)."""
+        return self.streams[index].head_left <= 0
 
     def write(self, index, text, order, stream):
         """Take ``text`` written to stream ``index`` (``stream``, whose first unsent text
@@ -144,35 +157,27 @@ class _CallBound(object):
                     return
                 size = _utf8_size(text)
             state.tail.append(text)
-            state.sizes.append(size)
             state.tail_size += size
-            if state.tail_size - state.sizes[0] >= self.tail_bytes or state.tail_size - self.tail_bytes > 65536:
+            if state.tail_size >= self.trim_bytes:
                 self._withhold(state)
 
     def _withhold(self, state):
-        """Drop the oldest tail text while at least ``tail_bytes`` of the tail stay."""
-        limit = self.tail_bytes
-        while len(state.sizes) > 1 and state.tail_size - state.sizes[0] >= limit:
-            size = state.sizes.popleft()
-            state.tail_size -= size
-            self._drop(state, state.tail.popleft(), size)
-        excess = state.tail_size - limit
-        if excess > 65536:  # one big write: keep its end only
-            text = state.tail[0]
-            if text.isascii():
-                cut = excess
-            else:
-                encoded = text.encode("utf-8", "surrogatepass")
-                cut = excess
-                while cut > 0 and encoded[cut] & 0xC0 == 0x80:
-                    cut -= 1
-                cut = len(encoded[:cut].decode("utf-8", "surrogatepass"))
-            dropped = text[:cut]
-            size = _utf8_size(dropped)
-            state.tail[0] = text[cut:]
-            state.sizes[0] -= size
-            state.tail_size -= size
-            self._drop(state, dropped, size)
+        """Drop the oldest tail text, keeping the shortest end of at least ``tail_bytes``.
+        (Done once the tail holds twice that: each byte is handled about twice in all.)"""
+        text = "".join(state.tail)
+        if text.isascii():
+            cut = size = len(text) - self.tail_bytes
+        else:
+            encoded = text.encode("utf-8", "surrogatepass")
+            size = len(encoded) - self.tail_bytes
+            while size > 0 and encoded[size] & 0xC0 == 0x80:  # keep the character whole
+                size -= 1
+            cut = len(encoded[:size].decode("utf-8", "surrogatepass"))
+        if size <= 0:
+            return
+        state.tail = [text[cut:]]
+        state.tail_size -= size
+        self._drop(state, text[:cut] if self.spill_path is not None else None, size)
 
     def _drop(self, state, text, size):
         state.withheld += size
@@ -213,10 +218,12 @@ class _CallBound(object):
         state = self.streams[index]
         if not state.unsent:
             return None
+        if state.tail_size > self.tail_bytes:  # send no more than the client keeps
+            self._withhold(state)
         if self.spill_batch:
             self._write_spill()
         taken = ("".join(state.head), state.withheld, state.spill_ranges, "".join(state.tail))
-        state.head, state.tail, state.sizes = [], deque(), deque()
+        state.head, state.tail = [], []
         state.tail_size = state.withheld = 0
         state.spill_ranges = []
         state.unsent = False

@@ -127,7 +127,9 @@ def _take_over_writes(shell, streams, max_chars):
     """
     forwarders = []
     order = _SendOrder.for_streams(streams)
-    bound = _OutputBound(shell, streams) if order is not None else None  # same internals
+    bound = None
+    if order is not None and all(hasattr(stream, "_parent_header_global") for stream in streams):
+        bound = _OutputBound(shell, streams)  # ipykernel >= 6.29's internals
     for index, stream in enumerate(streams):
         pacer = _Pacer.for_stream(stream, max_chars)
         forwarder = _FdForwarder.take_over(stream, pacer)
@@ -155,22 +157,24 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
     every write).
     """
     base_write = base.write
-    getpid = os.getpid
 
     def put(self, text, inner=None, pace=True):
         """Keep ``text`` in the call's bound, or hand it to ipykernel's write (``inner``)."""
         call = bound.call if bound is not None else None
+        # The bound takes the call's own text (not a thread's with another parent, as
+        # ipykernel's parent_header property finds it) while its spill file can be written.
         if (
             call is not None
             and type(text) is str
-            and self.parent_header is call.parents[index]
+            and self._parent_header.get(self._parent_header_global) is call.parents[index]
             and not call.off
-            and self.echo is None
-            and getpid() == call.pid
         ):
             call.write(index, text, order, self)
             if not self._flush_pending:
-                self._schedule_flush()
+                if call.withholding(index):
+                    _schedule_flush_in(self, LIVE_TAIL_SECONDS)
+                else:
+                    self._schedule_flush()
             return len(text)
         result = (inner or base_write.__get__(self))(text)
         if pace and pacer is not None and type(text) is str:
@@ -184,24 +188,44 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
         if forwarder is not None:
             count_pending, pending, busy = forwarder.fast_check()
 
-        def write(text, *args, **kwargs):
+        def keep_fd_order():
             # Almost every write finds the pipe empty and the lock free: nothing written before
             # it is on its way (the reader reads only under the lock). This check is the cost of
             # every write, so it is made of C calls only.
-            if forwarder is not None:
-                try:
+            try:
+                count_pending()
+            except OSError:
+                pass
+            else:
+                if pending[0] or busy():
+                    forwarder.drain()
+
+        if direct and forwarder is not None:  # ipykernel's own: the common case, kept lean
+
+            def write(text):
+                try:  # keep_fd_order(), inlined
                     count_pending()
                 except OSError:
                     pass
                 else:
                     if pending[0] or busy():
                         forwarder.drain()
-            if direct and not args and not kwargs:
                 return put(stream, text, inner)
-            result = inner(text, *args, **kwargs)
-            if pacer is not None:
-                pacer.wrote(len(text))
-            return result
+
+        elif direct:
+
+            def write(text):
+                return put(stream, text, inner)
+
+        else:
+
+            def write(text, *args, **kwargs):
+                if forwarder is not None:
+                    keep_fd_order()
+                result = inner(text, *args, **kwargs)
+                if pacer is not None:
+                    pacer.wrote(len(text))
+                return result
 
         write.kernelexec_inner = inner
         return write
@@ -264,6 +288,12 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
             _kernelexec_notice=_kernelexec_notice,
         )
     return type("KernelexecStream", (base,), namespace)
+
+
+def _schedule_flush_in(stream, seconds):
+    """ipykernel's ``_schedule_flush``, with another interval."""
+    stream._flush_pending = True
+    stream.pub_thread.schedule(lambda: stream._io_loop.call_later(seconds, stream._flush))
 
 
 class _SendOrder(object):
