@@ -21,6 +21,12 @@ SPILL_BATCH_BYTES = 1 << 20  # withheld text is written to the spill file in bat
 LIVE_TAIL_SECONDS = 1.0
 
 
+def _schedule_flush_in(stream, seconds):
+    """ipykernel's ``_schedule_flush``, with another interval."""
+    stream._flush_pending = True
+    stream.pub_thread.schedule(lambda: stream._io_loop.call_later(seconds, stream._flush))
+
+
 def _utf8_size(text):
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 

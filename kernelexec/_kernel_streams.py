@@ -117,8 +117,7 @@ def _take_over_writes(shell, streams, max_chars):
       it, and output written just before a cell ends could be reported after the call. Here the
       pipe is drained, under one lock per stream, by whoever comes first: a reader thread when
       the pipe has data, every write before its own text, and the end of every cell.
-    - A call that asks for it has its output bounded in the kernel (``_OutputBound``): its text
-      waits in kernelexec's own buffer, of bounded size, and the middle of a flood is never sent.
+    - A call that asks for it has its output bounded in the kernel (``_OutputBound``).
     - Otherwise ipykernel buffers writes and sends them every 0.2 s: code printing in a loop
       would pile up gigabytes in the kernel between two sends, and its output would reach the
       client seconds late (after the call's timeout). Once ``max_chars`` are buffered, the
@@ -277,6 +276,13 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
             msg = self.session.msg(call.notice_type, content, parent=parent)
             self.session.send(self.pub_thread, msg, ident=self.topic)
 
+        def flush(self):
+            # Nothing written since the last send: nothing to wait for (every display flushes both
+            # streams, a round trip to the I/O thread, which later messages queue behind anyway).
+            if order.holds_nothing(self) and self.pub_thread is not None:
+                return
+            return base.flush(self)
+
         def _rotate_buffers(self):
             with self._buffer_lock:
                 old_buffers = self._buffers
@@ -285,15 +291,9 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
 
         namespace.update(
             _flush_buffers=_flush_buffers, _rotate_buffers=_rotate_buffers,
-            _kernelexec_notice=_kernelexec_notice,
+            _kernelexec_notice=_kernelexec_notice, flush=flush,
         )
     return type("KernelexecStream", (base,), namespace)
-
-
-def _schedule_flush_in(stream, seconds):
-    """ipykernel's ``_schedule_flush``, with another interval."""
-    stream._flush_pending = True
-    stream.pub_thread.schedule(lambda: stream._io_loop.call_later(seconds, stream._flush))
 
 
 class _SendOrder(object):
@@ -343,6 +343,10 @@ class _SendOrder(object):
             return StringIO()
 
         return defaultdict(first_text_since_sent)
+
+    def holds_nothing(self, stream):
+        """Whether ``stream`` has had no text since its last send."""
+        return self._oldest.get(id(stream), 0) is None
 
     def mark(self, stream):
         """``stream`` holds text again, kept outside its buffers (``_OutputBound``)."""
