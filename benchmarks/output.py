@@ -75,12 +75,17 @@ CHILD = textwrap.dedent(
         kept_parts = []
         started = time.perf_counter()
         msg_id = kc.execute(code)
-        last = started
+        last, replied = started, False
         while True:
             try:
                 msg = kc.get_iopub_msg(timeout=1)
             except queue.Empty:
-                if time.perf_counter() - last > 3:  # IOPub dropped the idle status
+                if not replied:
+                    try:
+                        replied = bool(kc.get_shell_msg(timeout=0))
+                    except queue.Empty:
+                        pass
+                if replied and time.perf_counter() - last > 3:  # IOPub dropped the idle status
                     lost = 1
                     break
                 continue
@@ -95,7 +100,8 @@ CHILD = textwrap.dedent(
             elif content.get("execution_state") == "idle":
                 break
         elapsed = last - started  # to the idle status, or the last message when it was lost
-        kc.get_shell_msg(timeout=60)
+        if not replied:
+            kc.get_shell_msg(timeout=60)
         kept, dropped = sum(map(len, kept_parts)), 0
         kc.stop_channels(); km.shutdown_kernel(now=True)
     print(f"{base:.0f} {peak():.0f} {elapsed:.4f} {kept} {dropped} {lost}")
