@@ -15,7 +15,8 @@ round; the medians over the rounds are printed with their ratio kernelexec / raw
 Raw jupyter_client is ``KernelManager`` + the raw channel loop (``execute`` then ``get_iopub_msg``
 until the idle status) keeping the text of every stream message and the data of every display
 (what a client needs at least). Its kernel's IOPub drops messages past its high-water mark; when
-the idle status is lost, the call is timed to its last message (the line says so).
+the idle status is lost (30 s of quiet after the reply), the call is timed to its last message
+(the line says so).
 ``--no-kernel-bound`` runs kernelexec with its output bound in the client only (as for kernels
 it does not prepare).
 """
@@ -85,7 +86,7 @@ CHILD = textwrap.dedent(
                         replied = bool(kc.get_shell_msg(timeout=0))
                     except queue.Empty:
                         pass
-                if replied and time.perf_counter() - last > 3:  # IOPub dropped the idle status
+                if replied and time.perf_counter() - last > 30:  # IOPub dropped the idle status
                     lost = 1
                     break
                 continue

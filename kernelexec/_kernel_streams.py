@@ -212,9 +212,7 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
                 return put(stream, text, inner)
 
         elif direct:
-
-            def write(text):
-                return put(stream, text, inner)
+            write = functools.partial(put, stream, inner=inner)
 
         else:
 
