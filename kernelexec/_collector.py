@@ -117,6 +117,10 @@ class OutputCollector:
         self._displays = displays if displays is not None else DisplayRegistry()
 
     @property
+    def spill(self) -> SpillSink | None:
+        return self._spill
+
+    @property
     def complete(self) -> bool:
         return self.reply is not None and self.idle
 

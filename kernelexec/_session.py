@@ -279,6 +279,8 @@ class AsyncSession(SessionCopies, SessionBase):
         ended = await pump(call, time.monotonic() + self._options.interrupt_grace)
         if ended is not None:
             log.debug("a request given up earlier did not end within the grace: %r", ended)
+        if isinstance(call.collector.spill, SpillFile):  # the kernel may have written its file since
+            call.collector.spill.close(keep=False)
 
 
 @with_options_signature
