@@ -73,7 +73,8 @@ def exec_command(args: argparse.Namespace) -> int:
     result: ExecutionResult | None = None
     try:
         with Session(
-            args.kernel, timeout=args.timeout, cwd=args.cwd, input_handler=answer, **sandboxed(args)
+            args.kernel, timeout=args.timeout, cwd=args.cwd, input_handler=answer, **sandboxed(args),
+            bound_output_in_kernel=False,  # every byte is shown, not only what the result keeps
         ) as session:
             with _interrupt_on_sigint(session, printer, wake_write):
                 if answer is not None:

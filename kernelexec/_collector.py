@@ -23,7 +23,7 @@ from ._displays import DisplayRegistry
 from ._result import output_text
 from ._text import Pieces, cut_to_size
 from ._text import utf8_size as _size
-from ._wire import OUTPUT_DROPPED, header_timestamp, parent_id
+from ._wire import OUTPUT_DROPPED, OUTPUT_WITHHELD, header_timestamp, parent_id
 
 log = logging.getLogger("kernelexec")
 
@@ -78,6 +78,9 @@ class SpillSink(Protocol):
     def clear(self) -> None:
         """Forget everything recorded: a ``clear_output`` emptied the outputs."""
 
+    def splice(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Record the text the kernel withheld, from these byte ranges of its file."""
+
 
 class OutputCollector:
     """Collects the outputs of one execute request, identified by its ``msg_id``.
@@ -114,6 +117,10 @@ class OutputCollector:
         self._displays = displays if displays is not None else DisplayRegistry()
 
     @property
+    def spill(self) -> SpillSink | None:
+        return self._spill
+
+    @property
     def complete(self) -> bool:
         return self.reply is not None and self.idle
 
@@ -141,6 +148,8 @@ class OutputCollector:
             if display_id is not None:
                 self._update_display(display_id, content.get("data", {}), content.get("metadata", {}))
                 self._notify(NotebookNode(output_type="update_display_data", **content))
+        elif msg_type == OUTPUT_WITHHELD:
+            self._withheld(msg["content"])
         elif msg_type == OUTPUT_DROPPED:  # before it reached us: say so where it happened
             content = msg["content"]
             self._add(NotebookNode(output_type="stream", name="stderr", text=content["text"]), None)
@@ -208,6 +217,15 @@ class OutputCollector:
             self._tail.append(self._stream_entry(name, text, size))
             self._tail_size += size
         self._trim_tail()
+
+    def _withheld(self, content: dict[str, Any]) -> None:
+        """The kernel kept back part of a stream that the tail would have dropped on arrival
+        (see ``_kernel_bound``): count it as dropped, and put its text in the spill file."""
+        self._start_spill()
+        ranges = content.get("spill_ranges") or []
+        if self._spill is not None and ranges:
+            self._spill.splice([(int(offset), int(length)) for offset, length in ranges])
+        self.truncated_bytes += int(content.get("withheld_bytes", 0))
 
     @staticmethod
     def _stream_entry(name: str, text: str, size: int) -> _Entry:

@@ -59,10 +59,16 @@ class Call:
     pending_interrupt: asyncio.Task[None] | None = None  # waits for the code to start
 
     @classmethod
-    def send(cls, kernel: KernelBackend, code: str, *, silent: bool = False, **collecting: Any) -> Call:
-        """Send ``code`` as an execute_request; ``collecting`` configures its collector."""
+    def send(
+        cls, kernel: KernelBackend, code: str, *, silent: bool = False,
+        output_bound: dict[str, Any] | None = None, **collecting: Any,
+    ) -> Call:
+        """Send ``code`` as an execute_request; ``output_bound`` asks a prepared kernel to bound
+        the output itself (see ``_wire.OUTPUT_BOUND_KEY``); ``collecting`` configures its collector."""
         input_handler = collecting.pop("input_handler", None)
-        content = execute_content(code, silent=silent, allow_stdin=input_handler is not None)
+        content = execute_content(
+            code, silent=silent, allow_stdin=input_handler is not None, output_bound=output_bound
+        )
         msg_id = kernel.request("shell", "execute_request", content)
         return cls(kernel, OutputCollector(msg_id, **collecting), input_handler)
 

@@ -41,10 +41,13 @@ class _FdForwarder(object):
         import array
         import codecs
         import fcntl
+        import functools
         import termios
 
         self._stream = stream
-        self._write = write  # the stream class's own write, which does not drain
+        # Where forwarded text goes: the stream's write that does not drain (set after the
+        # stream's class is replaced, see _take_over_writes).
+        self.write_text = functools.partial(write, stream)
         self._pacer = pacer
         self._fid = fid
         self._lock = threading.Lock()
@@ -111,7 +114,7 @@ class _FdForwarder(object):
                     data = os.read(self._fid, min(pending, self.CHUNK))
                     pending -= len(data)
                     text = self._decoder.decode(data)
-                    self._write(self._stream, text)
+                    self.write_text(text)
                     forwarded += len(text)
                     self._copy_to_original(data)
             finally:

@@ -6,6 +6,8 @@ client's pace, and stdout and stderr sent in the order they were written. See ``
 for how the source travels and why it imports nothing from kernelexec.
 """
 
+import functools
+import os
 import threading
 
 
@@ -115,59 +117,112 @@ def _take_over_writes(shell, streams, max_chars):
       it, and output written just before a cell ends could be reported after the call. Here the
       pipe is drained, under one lock per stream, by whoever comes first: a reader thread when
       the pipe has data, every write before its own text, and the end of every cell.
-    - ipykernel buffers writes and sends them every 0.2 s: code printing in a loop would pile up
-      gigabytes in the kernel between two sends, and its output would reach the client seconds
-      late (after the call's timeout). Once ``max_chars`` are buffered, the stream is flushed
-      and the write waits for the send, which waits for the client: a flood streams at the
-      client's pace.
+    - A call that asks for it has its output bounded in the kernel (``_OutputBound``).
+    - Otherwise ipykernel buffers writes and sends them every 0.2 s: code printing in a loop
+      would pile up gigabytes in the kernel between two sends, and its output would reach the
+      client seconds late (after the call's timeout). Once ``max_chars`` are buffered, the
+      stream is flushed and the write waits for the send, which waits for the client: a flood
+      streams at the client's pace.
     """
     forwarders = []
     order = _SendOrder.for_streams(streams)
-    for stream in streams:
+    bound = None
+    if order is not None and all(hasattr(stream, "_parent_header_global") for stream in streams):
+        bound = _OutputBound(shell, streams)  # ipykernel >= 6.29's internals
+    for index, stream in enumerate(streams):
         pacer = _Pacer.for_stream(stream, max_chars)
         forwarder = _FdForwarder.take_over(stream, pacer)
         stream.__dict__.pop("write", None)
-        stream.__class__ = _stream_class(type(stream), forwarder, pacer, order)
+        stream.__class__ = _stream_class(type(stream), forwarder, pacer, order, bound, index)
         if order is not None:
             order.adopt(stream)
         if forwarder is not None:
+            forwarder.write_text = functools.partial(stream._kernelexec_put, pace=False)  # drain() paces
             forwarder.start()
             forwarders.append(forwarder)
     if forwarders:
         shell.events.register("post_execute", lambda *_: [forwarder.drain() for forwarder in forwarders])
+    if bound is not None:
+        shell.events.register("post_execute", bound.end_call)
 
 
-def _stream_class(base, forwarder, pacer, order=None):
-    """``base`` with a ``write`` that drains the descriptor's pipe first and paces after, and
-    buffers sent in the order ``order`` keeps.
+def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
+    """``base`` with a ``write`` that drains the descriptor's pipe first, then keeps the text
+    in the call's bound or paces after, and buffers sent in the order ``order`` keeps.
 
     ``write`` is a property so that it also wraps whatever is assigned to the instance's
     ``write``: IPython 9 replaces it with a recording wrapper around every cell, then puts the
-    method it found back.
+    method it found back. Only ipykernel's own write is bounded (a recording wrapper must see
+    every write).
     """
+    base_write = base.write
 
-    def wrapping(inner):
-        if forwarder is None and pacer is None:
+    def put(self, text, inner=None, pace=True):
+        """Keep ``text`` in the call's bound, or hand it to ipykernel's write (``inner``)."""
+        call = bound.call if bound is not None else None
+        # The bound takes the call's own text (not a thread's with another parent, as
+        # ipykernel's parent_header property finds it) while its spill file can be written.
+        if (
+            call is not None
+            and type(text) is str
+            and self._parent_header.get(self._parent_header_global) is call.parents[index]
+            and not call.off
+        ):
+            call.write(index, text, order, self)
+            if not self._flush_pending:
+                if call.withholding(index):
+                    _schedule_flush_in(self, LIVE_TAIL_SECONDS)
+                else:
+                    self._schedule_flush()
+            return len(text)
+        result = (inner or base_write.__get__(self))(text)
+        if pace and pacer is not None and type(text) is str:
+            pacer.wrote(len(text))
+        return result
+
+    def wrapping(inner, stream):
+        direct = getattr(inner, "__func__", None) is base_write
+        if forwarder is None and pacer is None and bound is None:
             return inner
         if forwarder is not None:
             count_pending, pending, busy = forwarder.fast_check()
 
-        def write(text, *args, **kwargs):
+        def keep_fd_order():
             # Almost every write finds the pipe empty and the lock free: nothing written before
             # it is on its way (the reader reads only under the lock). This check is the cost of
             # every write, so it is made of C calls only.
-            if forwarder is not None:
-                try:
+            try:
+                count_pending()
+            except OSError:
+                pass
+            else:
+                if pending[0] or busy():
+                    forwarder.drain()
+
+        if direct and forwarder is not None:  # ipykernel's own: the common case, kept lean
+
+            def write(text):
+                try:  # keep_fd_order(), inlined
                     count_pending()
                 except OSError:
                     pass
                 else:
                     if pending[0] or busy():
                         forwarder.drain()
-            result = inner(text, *args, **kwargs)
-            if pacer is not None:
-                pacer.wrote(len(text))
-            return result
+                return put(stream, text, inner)
+
+        elif direct:
+            write = functools.partial(put, stream, inner=inner)
+
+        else:
+
+            def write(text, *args, **kwargs):
+                if forwarder is not None:
+                    keep_fd_order()
+                result = inner(text, *args, **kwargs)
+                if pacer is not None:
+                    pacer.wrote(len(text))
+                return result
 
         write.kernelexec_inner = inner
         return write
@@ -175,21 +230,56 @@ def _stream_class(base, forwarder, pacer, order=None):
     def get_write(self):
         wrapped = self.__dict__.get("_kernelexec_write")
         if wrapped is None:
-            wrapped = self.__dict__["_kernelexec_write"] = wrapping(base.write.__get__(self))
+            wrapped = self.__dict__["_kernelexec_write"] = wrapping(base_write.__get__(self), self)
         return wrapped
 
     def set_write(self, value):
-        self.__dict__["_kernelexec_write"] = wrapping(getattr(value, "kernelexec_inner", value))
+        self.__dict__["_kernelexec_write"] = wrapping(getattr(value, "kernelexec_inner", value), self)
 
     def reset_write(self):
         self.__dict__.pop("_kernelexec_write", None)
 
-    namespace = {"write": property(get_write, set_write, reset_write), "__module__": __name__}
+    namespace = {
+        "write": property(get_write, set_write, reset_write),
+        "_kernelexec_put": put,
+        "__module__": __name__,
+    }
     if order is not None:
 
         def _flush_buffers(self):
             order.send_older_than(self)
-            return base._flush_buffers(self)
+            call = bound.call if bound is not None else None
+            taken = None
+            if call is not None:
+                with call.lock:  # the lock writes hold first, then the buffer lock
+                    old_buffers = self._rotate_buffers()
+                    taken = call.take(index)
+            else:
+                old_buffers = self._rotate_buffers()
+            if taken is not None:  # older than what ipykernel buffered for other requests
+                head, withheld, spill_ranges, tail = taken
+                parent = call.parents[index]
+                yield parent, head
+                if withheld:
+                    self._kernelexec_notice(call, parent, withheld, spill_ranges)
+                yield parent, tail
+            for frozen_parent, buffer in old_buffers.items():
+                data = buffer.getvalue()
+                buffer.close()
+                yield dict(frozen_parent), data
+
+        def _kernelexec_notice(self, call, parent, withheld, spill_ranges):
+            content = {"name": self.name, "withheld_bytes": withheld, "spill_ranges": spill_ranges}
+            self.session.pid = os.getpid()  # as ipykernel's _flush does: the send checks it
+            msg = self.session.msg(call.notice_type, content, parent=parent)
+            self.session.send(self.pub_thread, msg, ident=self.topic)
+
+        def flush(self):
+            # Nothing written since the last send: nothing to wait for (every display flushes both
+            # streams, a round trip to the I/O thread, which later messages queue behind anyway).
+            if order.holds_nothing(self) and self.pub_thread is not None:
+                return
+            return base.flush(self)
 
         def _rotate_buffers(self):
             with self._buffer_lock:
@@ -197,7 +287,10 @@ def _stream_class(base, forwarder, pacer, order=None):
                 self._buffers = order.new_buffers(self)
             return old_buffers
 
-        namespace.update(_flush_buffers=_flush_buffers, _rotate_buffers=_rotate_buffers)
+        namespace.update(
+            _flush_buffers=_flush_buffers, _rotate_buffers=_rotate_buffers,
+            _kernelexec_notice=_kernelexec_notice, flush=flush,
+        )
     return type("KernelexecStream", (base,), namespace)
 
 
@@ -248,6 +341,16 @@ class _SendOrder(object):
             return StringIO()
 
         return defaultdict(first_text_since_sent)
+
+    def holds_nothing(self, stream):
+        """Whether ``stream`` has had no text since its last send."""
+        return self._oldest.get(id(stream), 0) is None
+
+    def mark(self, stream):
+        """``stream`` holds text again, kept outside its buffers (``_OutputBound``)."""
+        key = id(stream)
+        if self._oldest.get(key) is None:
+            self._oldest[key] = self._stamp()
 
     def adopt(self, stream):
         """Put ``stream``'s text not sent yet in stamped buffers."""

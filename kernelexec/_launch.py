@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from . import _kernel_fds, _kernel_side, _kernel_streams
+from . import _kernel_bound, _kernel_fds, _kernel_side, _kernel_streams
 from ._backend import KernelBackend
 from ._errors import KernelStartError
 from ._execute import DEADLINE, Call, pump
@@ -31,8 +31,10 @@ from ._process_kernel import MEMORY_CGROUP_MINIMUM
 from ._traceback import plain_traceback
 from ._wire import ERROR_PAYLOAD_SOURCE, MAX_MESSAGE_CHARS, STDERR_KEEP_BYTES
 
-# The in-kernel source: three modules of one job each, sent as one text (install() last).
-KERNEL_SOURCE = "\n".join(inspect.getsource(module) for module in (_kernel_streams, _kernel_fds, _kernel_side))
+# The in-kernel source: modules of one job each, sent as one text (install() last).
+KERNEL_SOURCE = "\n".join(
+    inspect.getsource(module) for module in (_kernel_streams, _kernel_bound, _kernel_fds, _kernel_side)
+)
 log = logging.getLogger("kernelexec")
 
 KernelSource = Callable[[], Awaitable[KernelBackend]]

@@ -43,6 +43,9 @@ class SessionOptions:
     max_processes: int | None = None
     on_output: OutputCallback | None = None
     spill_dir: str | None = None
+    # The kernel drops the middle of a flood itself (local Python kernels): off, every byte
+    # crosses the wire and the collector alone bounds it (``kernelexec exec`` shows it all).
+    bound_output_in_kernel: bool = True
     input_handler: InputHandler | None = None
     gateway_url: str | None = None
     gateway_token: str | None = field(default=None, repr=False)
@@ -88,6 +91,10 @@ class SessionOptions:
                     raise InvalidArgument(f"{name} {path!r} is not an existing directory")
                 _check_writable(name, path)
                 object.__setattr__(self, name, os.path.abspath(path))
+        if not isinstance(self.bound_output_in_kernel, bool):
+            raise InvalidArgument(
+                f"bound_output_in_kernel must be True or False, not {self.bound_output_in_kernel!r}"
+            )
         if self.startup_code is not None and not isinstance(self.startup_code, str):
             raise InvalidArgument("startup_code must be a string of code or None")
         for name in ("on_output", "input_handler"):

@@ -232,9 +232,12 @@ class AsyncSession(SessionCopies, SessionBase):
         """Send ``code``, run it through the ladder, restart the kernel if the outcome says so."""
         state, options = self._state, self._options
         spill = SpillFile(options.spill_dir, len(state.history) + 1) if options.spill_dir else None
+        bound = None
+        if options.bound_output_in_kernel and options.gateway_url is None:  # its disk is not ours
+            bound = {"max_output_bytes": options.max_output_bytes, "spill_path": spill.kernel_path if spill else None}
         call = Call.send(
             kernel, code, input_handler=options.input_handler, max_output_bytes=options.max_output_bytes,
-            on_output=on_output, spill=spill, displays=self._displays,
+            on_output=on_output, spill=spill, displays=self._displays, output_bound=bound,
         )  # fmt: skip
         state.call = call
         state.enter(Phase.BUSY)
@@ -276,6 +279,8 @@ class AsyncSession(SessionCopies, SessionBase):
         ended = await pump(call, time.monotonic() + self._options.interrupt_grace)
         if ended is not None:
             log.debug("a request given up earlier did not end within the grace: %r", ended)
+        if isinstance(call.collector.spill, SpillFile):  # the kernel may have written its file since
+            call.collector.spill.close(keep=False)
 
 
 @with_options_signature

@@ -3,14 +3,20 @@
 The collector decides what goes in (``write``) and when it is void (``clear``: a
 ``clear_output`` emptied the outputs); this object does the file I/O. The file is created on the
 first truncation (``open``), kept when the call's output was truncated, and deleted otherwise.
+A kernel that bounds the call's output itself writes the text it withheld to ``kernel_path``;
+``splice`` copies it into the file where it belongs, and ``close`` deletes the kernel's file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
+from collections.abc import Iterable
 from typing import TextIO
+
+COPY_CHUNK_BYTES = 1 << 20
 
 
 class SpillFile:
@@ -20,6 +26,8 @@ class SpillFile:
         self._directory = directory
         self._prefix = f"kernelexec-{call_number}-"
         self._file: TextIO | None = None
+        # Where the kernel writes what it withheld (created by the kernel, if at all).
+        self.kernel_path = os.path.join(directory, f".{self._prefix}{secrets.token_hex(8)}.kernel")
 
     def open(self) -> None:
         """Create the file (once): the call's output is being truncated."""
@@ -34,6 +42,23 @@ class SpillFile:
         assert self._file is not None
         self._file.write(text)
 
+    def splice(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Append these ``(offset, length)`` byte ranges of the kernel's file (UTF-8 text)."""
+        self.open()
+        assert self._file is not None
+        self._file.flush()
+        target = self._file.buffer
+        with open(self.kernel_path, "rb") as source:
+            for offset, length in ranges:
+                source.seek(offset)
+                while length > 0:
+                    chunk = source.read(min(length, COPY_CHUNK_BYTES))
+                    if not chunk:
+                        break
+                    target.write(chunk)
+                    length -= len(chunk)
+        target.flush()
+
     def clear(self) -> None:
         """Forget what was written: the outputs it recorded are gone."""
         if self._file is not None:
@@ -42,6 +67,8 @@ class SpillFile:
 
     def close(self, *, keep: bool) -> str | None:
         """Close the file; its path if ``keep`` (and anything was written), else it is deleted."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.kernel_path)
         spilled, self._file = self._file, None
         if spilled is None:
             return None

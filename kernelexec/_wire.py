@@ -22,11 +22,20 @@ STDERR_KEEP_BYTES = 1024 * 1024
 # A backend's notice that output was dropped before it reached us (a gateway's rate limit):
 # content ``{"text": marker to show, "dropped_bytes": at least how much}``.
 OUTPUT_DROPPED = "kernelexec.output_dropped"
+# A prepared kernel's notice that it withheld the middle of a stream's output (see
+# _kernel_bound): content ``{"name", "withheld_bytes", "spill_ranges": [[offset, length], ...]}``,
+# the ranges of the withheld text (UTF-8) in the kernel's spill file, if the call has one.
+OUTPUT_WITHHELD = "kernelexec.output_withheld"
+# The execute_request content key asking a prepared kernel to bound the call's output itself:
+# ``{"max_output_bytes", "spill_path": file for the withheld text or None, "notice": OUTPUT_WITHHELD}``.
+OUTPUT_BOUND_KEY = "kernelexec_output"
 
 
-def execute_content(code: str, *, silent: bool = False, allow_stdin: bool = False) -> dict[str, Any]:
-    """The content of an ``execute_request`` for ``code``."""
-    return {
+def execute_content(
+    code: str, *, silent: bool = False, allow_stdin: bool = False, output_bound: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The content of an ``execute_request`` for ``code`` (``output_bound``: see ``OUTPUT_BOUND_KEY``)."""
+    content = {
         "code": code,
         "silent": silent,
         "store_history": not silent,
@@ -34,6 +43,9 @@ def execute_content(code: str, *, silent: bool = False, allow_stdin: bool = Fals
         "allow_stdin": allow_stdin,
         "stop_on_error": True,
     }
+    if output_bound is not None:
+        content[OUTPUT_BOUND_KEY] = {**output_bound, "notice": OUTPUT_WITHHELD}
+    return content
 
 
 def parent_id(msg: Message) -> str | None:

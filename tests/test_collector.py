@@ -347,3 +347,32 @@ def test_spill_file_and_result_text_agree_on_an_error_without_traceback():
     c.feed("iopub", msg("error", {"ename": "ValueError", "evalue": "bad", "traceback": []}))
     assert spill.getvalue() == "x" * 20 + "ValueError: bad\n"
     assert _collector.output_text(c.outputs()[-1]) == "ValueError: bad\n"
+
+
+# Output the kernel withheld (see _kernel_bound)
+
+
+class FileSplicingSpill(MemorySpill):
+    """A spill sink whose ``splice`` reads the kernel's file from bytes in memory."""
+
+    def __init__(self, kernel_file: bytes) -> None:
+        super().__init__()
+        self.kernel_file = kernel_file
+
+    def splice(self, ranges) -> None:
+        for offset, length in ranges:
+            self.write(self.kernel_file[offset : offset + length].decode("utf-8"))
+
+
+def test_a_withheld_middle_counts_as_if_it_had_been_received():
+    text = "h" * 60 + "é" * 300 + "t" * 60  # the kernel withholds the é's: 600 bytes
+    whole_spill, kernel_spill = MemorySpill(), FileSplicingSpill(b"junk" + "é".encode() * 300)
+    whole = collector(max_output_bytes=100, spill=whole_spill)
+    whole.feed("iopub", stream(text))
+    bounded = collector(max_output_bytes=100, spill=kernel_spill)
+    bounded.feed("iopub", stream("h" * 60))
+    notice = {"name": "stdout", "withheld_bytes": 600, "spill_ranges": [[4, 600]]}
+    bounded.feed("iopub", msg(_collector.OUTPUT_WITHHELD, notice))
+    bounded.feed("iopub", stream("t" * 60))
+    assert bounded.outputs() == whole.outputs() and bounded.truncated_bytes == whole.truncated_bytes == 620
+    assert kernel_spill.getvalue() == whole_spill.getvalue() == text

@@ -1,0 +1,177 @@
+"""Output bounded in the kernel gives the result bounding in the client gives.
+
+Every flood runs twice on real kernels: with ``bound_output_in_kernel`` (the default: the kernel
+withholds the middle) and without (every byte crosses the wire and the collector drops it).
+``outputs``, ``text``, ``truncated_bytes`` and the spill file must be the same, and the bounded
+run must have received less text (else the comparison proves nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+
+import pytest
+
+import kernelexec as kx
+from kernelexec._collector import truncation_marker
+
+MAX = 10_000  # head 5,000 bytes, tail 5,000
+HEAD = MAX // 2
+
+
+@pytest.fixture(scope="module")
+def sessions(private_runtime_dir, tmp_path_factory):
+    """``(bound in the kernel?, spill_dir?)`` -> a session, one each for the module."""
+    with contextlib.ExitStack() as stack:
+        made = {}
+        for bound in (True, False):
+            for spill in (True, False):
+                spill_dir = str(tmp_path_factory.mktemp("spill")) if spill else None
+                made[bound, spill] = stack.enter_context(
+                    kx.Session(timeout=60, max_output_bytes=MAX, spill_dir=spill_dir, bound_output_in_kernel=bound)
+                )
+        yield made
+
+
+def run(session: kx.Session, code: str) -> tuple[kx.ExecutionResult, int, str | None]:
+    """The result, the stream characters ``on_output`` saw, and the spill file's text."""
+    received = []
+
+    def count(node):
+        if node.output_type == "stream":
+            received.append(len(node.text))
+
+    result = session.execute(code, on_output=count)
+    spilled = None
+    if result.output_path is not None:
+        with open(result.output_path, encoding="utf-8") as file:
+            spilled = file.read()
+        os.unlink(result.output_path)
+    if session.options.spill_dir:
+        assert os.listdir(session.options.spill_dir) == []  # the kernel's file is gone too
+    return result, sum(received), spilled
+
+
+def same_counts(text: str) -> str:
+    """The sessions have run different numbers of calls: their execution counts differ."""
+    return re.sub(r"In\[\d+\]|\"execution_count\": \d+", "", text)
+
+
+def assert_same(sessions, code: str, *, spill: bool, withheld: bool = True) -> kx.ExecutionResult:
+    ours, ours_received, ours_spilled = run(sessions[True, spill], code)
+    theirs, theirs_received, theirs_spilled = run(sessions[False, spill], code)
+    assert ours.status == theirs.status
+    assert same_counts(json.dumps(ours.outputs)) == same_counts(json.dumps(theirs.outputs))
+    assert same_counts(ours.text) == same_counts(theirs.text)
+    assert ours.truncated_bytes == theirs.truncated_bytes
+    assert ours_spilled == theirs_spilled
+    assert (ours.output_path is None) == (theirs.output_path is None) == (not spill or not theirs.truncated_bytes)
+    if withheld:  # (the kernel sends its tail every 0.2 s: a slow flood sends more)
+        assert ours_received < theirs_received - MAX, "the kernel did not withhold the middle"
+    return ours
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["no-spill", "spill"])
+def test_stdout_flood(sessions, spill):
+    result = assert_same(sessions, "for i in range(30_000):\n    print(i)", spill=spill)
+    assert result.truncated_bytes > 100_000
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["no-spill", "spill"])
+def test_one_huge_print(sessions, spill):
+    assert_same(sessions, "print('H' * 100 + 'x' * 3_000_000 + 'T' * 100)", spill=spill)
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["no-spill", "spill"])
+def test_stdout_and_stderr_in_turns(sessions, spill):
+    code = (
+        "import sys\n"
+        "for block in range(4):\n"
+        "    stream = sys.stderr if block % 2 else sys.stdout\n"
+        "    for i in range(3_000):\n"
+        "        print(block, i, file=stream)\n"
+        "    stream.flush()\n"  # else which text shares a message with which depends on timing
+    )
+    assert_same(sessions, code, spill=spill)
+
+
+def test_stdout_and_stderr_line_by_line_keep_their_order(sessions):
+    # Which lines share a message depends on timing with either bound, so only each stream's
+    # own order is checked: what is kept of it is in the order it was printed.
+    code = "import sys\nfor i in range(20_000):\n    print(i)\n    print(-i, file=sys.stderr)"
+    result, received, _ = run(sessions[True, False], code)
+    assert result.ok and result.truncated_bytes > 100_000 and received < 100_000
+    assert result.stdout.startswith("0\n1\n2\n") and result.outputs[-1].text.endswith("19999\n")
+    for name in ("stdout", "stderr"):
+        text = getattr(result, name).replace(truncation_marker(result.truncated_bytes), "\n")
+        numbers = [abs(int(line)) for line in text.split("\n")[1:-2] if line]  # the ends may be cut
+        assert numbers == sorted(numbers)
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["no-spill", "spill"])
+def test_fd_writes_mixed_with_prints(sessions, spill):
+    code = (
+        "import os\n"
+        "for i in range(8_000):\n"
+        "    os.write(1, b'fd %d\\n' % i)\n"
+        "    print('print', i)\n"
+    )
+    assert_same(sessions, code, spill=spill)
+
+
+@pytest.mark.parametrize(
+    "size", [HEAD, HEAD + 1, MAX - 1, MAX, MAX + 1, MAX + HEAD, 3 * MAX, 3 * MAX + 1, 30 * MAX]
+)
+def test_output_ending_at_the_boundaries(sessions, size):
+    code = f"import sys\nfor i in range({size}):\n    sys.stdout.write('x' if i % 100 else '\\n')"
+    assert_same(sessions, code, spill=True, withheld=size == 30 * MAX)
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["no-spill", "spill"])
+@pytest.mark.parametrize("offset", [0, 1, 2, 3])
+def test_unicode_split_across_the_boundaries(sessions, spill, offset):
+    # Characters of 2, 3 and 4 bytes straddle the head's end and the tail's start.
+    code = (
+        f"import sys\nsys.stdout.write('a' * {HEAD - 5 + offset})\n"
+        "for i in range(20_000):\n    sys.stdout.write('é€😀'[i % 3])\n"
+        "sys.stdout.write(' end')\n"
+    )
+    assert_same(sessions, code, spill=spill)
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["no-spill", "spill"])
+def test_progress_with_clear_output(sessions, spill):
+    code = (
+        "from IPython.display import clear_output, display\n"
+        "for step in range(30):\n"
+        "    clear_output(wait=True)\n"
+        "    print('x' * 3_000 * step)\n"
+        "    display(step)\n"
+        "clear_output(wait=True)\n"
+        "print('last' * 20_000)\n"
+    )
+    assert_same(sessions, code, spill=spill)
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["no-spill", "spill"])
+def test_displays_and_an_error_among_a_flood(sessions, spill):
+    code = (
+        "from IPython.display import display\n"
+        "for i in range(30_000):\n"
+        "    print(i)\n"
+        "    if i % 5_000 == 0:\n"
+        "        display({'i': i})\n"
+        "raise ValueError('after the flood')\n"
+    )
+    result = assert_same(sessions, code, spill=spill)
+    assert result.error is not None and result.error.ename == "ValueError"
+
+
+def test_the_next_call_starts_a_new_bound(sessions):
+    session = sessions[True, False]
+    flood, _, _ = run(session, "print('x' * 1_000_000)")
+    small, _, _ = run(session, "print('small')")
+    assert flood.truncated_bytes and small.stdout == "small\n" and small.truncated_bytes == 0
