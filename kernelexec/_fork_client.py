@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -111,23 +112,38 @@ class ForkServer:
     def returncode(self, pid: int) -> int | None:
         return self._exits.get(pid)
 
-    async def request(self, request: dict[str, Any], timeout: float = REQUEST_SECONDS) -> dict[str, Any]:
-        request = {**request, "id": request.get("id") or uuid.uuid4().hex}
+    async def request(self, request: dict[str, Any], timeout: float = REQUEST_SECONDS, *,
+                      abandoned: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Send ``request``; its reply. ``abandoned`` gets the reply if it comes after the caller
+        gave up (cancelled, timed out): what the server did meanwhile may need undoing."""
+        request_id = request.get("id") or uuid.uuid4().hex
+        request = {**request, "id": request_id}
         reply = asyncio.get_running_loop().create_future()
-        self._replies[request["id"]] = reply
+        self._replies[request_id] = reply
         try:
             self._writer.write(json.dumps(request).encode() + b"\n")
             await self._writer.drain()
-            return await asyncio.wait_for(asyncio.shield(reply), timeout)
+            answer = await asyncio.wait_for(asyncio.shield(reply), timeout)
+            abandoned = None
+            return answer
         except (OSError, asyncio.TimeoutError) as error:
             raise ConnectionError(f"the fork server at {self.path} did not answer: {error!r}") from None
         finally:
-            self._replies.pop(request["id"], None)
+            if abandoned is None:
+                self._replies.pop(request_id, None)
+            else:
+                reply.add_done_callback(lambda done: self._late_reply(request_id, done, abandoned))
+
+    def _late_reply(self, request_id: str, reply: asyncio.Future[dict[str, Any]],
+                    abandoned: Callable[[dict[str, Any]], None]) -> None:  # fmt: skip
+        self._replies.pop(request_id, None)
+        if not reply.cancelled() and reply.exception() is None:
+            abandoned(reply.result())
 
     async def fork(self, request: dict[str, Any]) -> int:
         """Ask for a kernel (see ``_fork_server``); its pid. Raises ``KernelStartError``."""
         try:
-            reply = await self.request({"op": "fork", **request})
+            reply = await self.request({"op": "fork", **request}, abandoned=self._kill_forked)
         except ConnectionError as error:
             raise KernelStartError(f"could not fork a kernel: {error}") from None
         if not reply.get("ok"):
@@ -136,6 +152,12 @@ class ForkServer:
             return self._outer(int(reply["pid"]))
         except ConnectionError as error:
             raise KernelStartError(f"a forked kernel died at once: {error}") from None
+
+    def _kill_forked(self, reply: dict[str, Any]) -> None:
+        """A kernel forked for a caller that gave up first (nobody else knows its pid) goes."""
+        if reply.get("ok"):
+            with contextlib.suppress(ConnectionError, OSError, ValueError, KeyError):
+                os.killpg(self._outer(int(reply["pid"])), signal.SIGKILL)
 
     async def close(self, *, stop_server: bool) -> None:
         """Close the connection; ``stop_server`` asks the server to exit first."""

@@ -73,10 +73,13 @@ def _lower_limit(name, value):
 
 def _join_cgroup(procs):
     """Move this process into a cgroup before it allocates anything (its memory is charged
-    there from now on); the client moves it again after the fork, in case this failed."""
+    there from now on); the client moves it again after the fork, in case this failed. A cgroup
+    that is gone was removed by a client that gave up on this kernel: it must not start."""
     try:
         with open(procs, "w") as handle:
             handle.write("0")
+    except FileNotFoundError:
+        raise
     except OSError:
         pass
 

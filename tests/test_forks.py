@@ -6,6 +6,7 @@ _fork_side), and every test is checked for leaks like the rest of the suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -192,6 +193,45 @@ def test_forked_kernels_install_kernelexecs_hooks_themselves_with_their_sessions
     assert not sent  # no kernel was sent the setup: each installed it as it started
     with kx.Session(timeout=30, launcher="spawn") as spawned:
         assert spawned.execute("1").result == "1" and len(sent) == 1
+
+
+def test_a_forked_start_given_up_at_any_moment_leaves_no_kernel():
+    # Cancelled while the fork request is in flight, nobody knows the child's pid but the reply:
+    # the child must still go (and with it, every file it would write).
+    import asyncio
+    import uuid
+
+    from kernelexec._launch import Launcher
+    from kernelexec._options import SessionOptions
+
+    marker = uuid.uuid4().hex
+
+    def survivors() -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("KX_CANCEL_MARKER") == marker:
+                    found.append(process)
+        return found
+
+    async def main() -> None:
+        launcher = Launcher(SessionOptions(launcher="fork", env={"KX_CANCEL_MARKER": marker}))
+        try:
+            kernel = await launcher.start()  # the template is warm from here on
+            await kernel.shutdown()
+            for delay in (0, 0.001, 0.003, 0.006, 0.01, 0.02, 0.05):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    kernel = await asyncio.wait_for(launcher.start(), delay)
+                    await kernel.shutdown()
+            await asyncio.sleep(0.5)  # late replies arrive
+        finally:
+            await launcher.close()
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 10
+    while survivors() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not survivors()
 
 
 def test_a_kernel_that_lost_the_fork_code_is_sent_it_again():
