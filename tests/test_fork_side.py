@@ -73,7 +73,9 @@ def test_restored_kernel_has_its_stderr_file_and_can_be_interrupted(forks: Forks
     copy = forks.fork(server)
     copy.run("import os, time; os.write(2, b'copy fd 2\\n')")
     wait_for_bytes(copy.stderr_path, b"copy fd 2")
-    msg_id = copy.client.execute("print('sleeping', flush=True); time.sleep(30)")
+    # stop_on_error=False: the next request is sent as soon as this reply is read, before the
+    # kernel's idle (ipykernel would abort it if it came before its "stop aborting" message)
+    msg_id = copy.client.execute("print('sleeping', flush=True); time.sleep(30)", stop_on_error=False)
     while True:  # the cell runs (and SIGINT raises KeyboardInterrupt) once it printed
         message = copy.client.get_iopub_msg(timeout=30)
         if message["parent_header"].get("msg_id") == msg_id and message["msg_type"] == "stream":
