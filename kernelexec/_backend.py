@@ -66,6 +66,9 @@ class KernelBackend(Protocol):
     installed: str | None  # the install(...) call kernelexec's in-kernel hooks were installed with
     # memory_limit is enforced outside the kernel (a memory cgroup); else by it (RLIMIT_AS).
     limits_memory: bool
+    # Where the kernel writes the output it withholds (see _kernel_bound): None for the client's
+    # spill_dir; a sandboxed kernel cannot see that, only a directory bound into its sandbox.
+    spill_directory: str | None
 
     def request(self, channel: str, msg_type: str, content: dict[str, Any], parent: Message | None = None) -> str:
         """Send a message; returns its msg_id."""

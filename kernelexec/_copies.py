@@ -102,11 +102,12 @@ class SessionCopies:
 
     async def _swap_kernel(self, kernel: KernelBackend, execution_count: int) -> None:
         state = self._state
-        old, state.kernel, state.abandoned = state.kernel, kernel, None
+        old, state.kernel = state.kernel, kernel
         state.execution_count, state.kernel_info = execution_count, kernel.info
         state.settle()
         if old is not None:
             await old.shutdown(graceful=False)
+        state.discard_abandoned()  # its kernel is gone
 
     async def _restore_state_before(self, call: Call) -> bool:
         """After a call that needs a restart: resume from the copy kept before it, if any."""

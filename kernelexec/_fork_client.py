@@ -71,14 +71,18 @@ class ForkServer:
         self.pid: int | None = None
 
     @classmethod
-    async def connect(cls, path: str, timeout: float, view: SandboxView | None = None) -> ForkServer:
-        """Connect to the server at ``path``, retrying until it listens or ``timeout`` passes."""
+    async def connect(cls, path: str, timeout: float, view: SandboxView | None = None,
+                      process: subprocess.Popen[bytes] | None = None) -> ForkServer:  # fmt: skip
+        """Connect to the server at ``path``, retrying until it listens, ``timeout`` passes or
+        its ``process`` (if known) exits."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
+                if process is not None and process.poll() is not None:
+                    raise ConnectionError(f"it exited with status {process.returncode} before it listened") from None
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.005)
@@ -297,7 +301,7 @@ class Template:
         view = SandboxView(directory, process.pid) if directory is not None else None
         watchdog = OwnerDeathWatchdog.start(process.pid, [path], [], directory)
         try:
-            server = await ForkServer.connect(path, timeout, view)
+            server = await ForkServer.connect(path, timeout, view, process)
         except (OSError, ConnectionError) as error:
             _kill(process)
             if watchdog is not None:

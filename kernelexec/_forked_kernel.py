@@ -130,6 +130,7 @@ class ForkedKernel(ProcessKernel):
         os.close(os.open(stderr_path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
         kernel = cls(kernel_id, connection_file, dict(info), stderr_path)
         kernel.view = view
+        kernel.spill_directory = directory
         return kernel
 
     def _fork_request(self, options: SessionOptions) -> dict[str, Any]:

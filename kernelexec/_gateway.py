@@ -52,6 +52,7 @@ class GatewayKernel:
     needs_nproc_limit = False  # max_processes is refused for gateway kernels (see _options)
     installed: str | None = None
     limits_memory = False  # the kernel applies memory_limit to itself
+    spill_directory = None  # not used: a gateway kernel's output is bounded by the client
 
     def __init__(self, rest: GatewayREST, kernel_id: str) -> None:
         self.config = rest.config

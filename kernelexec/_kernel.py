@@ -51,6 +51,7 @@ class LocalKernel(ProcessKernel):
         super().__init__(stderr_file)
         self._manager = manager
         self._sandboxed = sandboxed
+        self.spill_directory = sandboxed.runtime_dir if sandboxed is not None else None
 
     @property
     def sandboxed(self) -> bool:
@@ -119,8 +120,14 @@ class LocalKernel(ProcessKernel):
                 if sandboxed is not None:
                     sandboxed.launched()
             if sandboxed is not None:  # its pid 1 waits to be contained before the kernel starts
-                kernel._contain(max_processes, memory_limit, pid=await sandboxed.init_started())
-                sandboxed.unblock()
+                init_pid = await sandboxed.init_started(startup_timeout)
+                if init_pid is None:
+                    raise kernel._sandbox_failed(f"bubblewrap did not make the sandbox within {startup_timeout:g} s")
+                kernel._contain(max_processes, memory_limit, pid=init_pid)
+                try:
+                    sandboxed.unblock()
+                except BrokenPipeError:  # bwrap gave up while it set the sandbox up
+                    raise kernel._sandbox_failed("the sandbox ended before the kernel started") from None
             else:
                 kernel._contain(max_processes, memory_limit)
             cgroups = kernel._cgroup.paths if kernel._cgroup is not None else []
@@ -145,6 +152,10 @@ class LocalKernel(ProcessKernel):
                 raise KernelStartError(f"could not launch the {kernel_name!r} kernel: {error}") from error
             raise
         return kernel
+
+    def _sandbox_failed(self, what: str) -> KernelStartError:
+        said = self.stderr_tail()  # bubblewrap's own words, when it failed
+        return KernelStartError(f"{what}: {said}" if said else f"{what}.")
 
     async def interrupt(self) -> None:
         if not self.is_alive:

@@ -196,7 +196,7 @@ class _CallBound(object):
 
     def _write_spill(self):
         batch, self.spill_batch, self.spill_batch_bytes = self.spill_batch, [], 0
-        if self.off:
+        if self.off or self.spill_path is None:  # None: the call ended while this batch waited
             return
         try:
             if self.spill_fd is None:

@@ -46,6 +46,7 @@ class ProcessKernel:
     has_fork_code = False  # whether the kernel holds the code that checkpoints it (``_checkpoints``)
     installed: str | None = None  # the install(...) call its kernelexec hooks were installed with
     limits_memory = False  # set when memory_limit is enforced by the kernel's memory cgroup
+    spill_directory: str | None = None  # a sandboxed kernel's: a directory bound into its sandbox
 
     def __init__(self, stderr_file: IO[bytes]) -> None:
         self._stderr_file = stderr_file
@@ -55,6 +56,7 @@ class ProcessKernel:
         self._closed = False
         self._watchdog: OwnerDeathWatchdog | None = None
         self._cgroup: KernelCgroup | None = None
+        self._oom_kills_before_call = 0  # the cgroup's count only grows: a death compares with it
         self.info: dict[str, Any] = {}
         # A kernel in a sandbox that can fork copies (a sandboxed template's): see _sandbox_start.
         self.view: SandboxView | None = None
@@ -74,7 +76,10 @@ class ProcessKernel:
     def death(self) -> KernelDeath:
         code = self.returncode()
         cgroup = self._cgroup
-        if cgroup is not None and cgroup.memory_limit and cgroup.oom_kills() and code in (None, -signal.SIGKILL):
+        if (
+            cgroup is not None and cgroup.memory_limit and code in (None, -signal.SIGKILL)
+            and cgroup.oom_kills() > self._oom_kills_before_call  # fmt: skip
+        ):
             return KernelDeath(signal_number=signal.SIGKILL, detail=self.stderr_tail(),
                                cause=memory_limit_exceeded(cgroup.memory_limit))  # fmt: skip
         if code is not None and code < 0:
@@ -99,6 +104,8 @@ class ProcessKernel:
     def request(self, channel: str, msg_type: str, content: dict[str, Any], parent: Message | None = None) -> str:
         assert self._channels is not None
         self._bound_stderr_file()
+        if msg_type == "execute_request" and self._cgroup is not None and self._cgroup.memory_limit:
+            self._oom_kills_before_call = self._cgroup.oom_kills()
         return self._channels.send(channel, msg_type, content, parent)
 
 

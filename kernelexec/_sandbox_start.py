@@ -28,8 +28,6 @@ from ._containment import descendants
 from ._errors import SandboxUnavailable
 from ._sandbox import Sandbox, bwrap_argv, sandbox_env
 
-INFO_WAIT_SECONDS = 10.0
-
 
 class SandboxedStart:
     """The pipes ``bwrap`` reads and writes while a kernel starts, and the pids it reveals."""
@@ -39,7 +37,12 @@ class SandboxedStart:
         self.runtime_dir = runtime_dir
         self._block_read, self._block_write = os.pipe()
         self._info_read, self._info_write = os.pipe()
-        self._seccomp = seccomp_fd()
+        try:
+            self._seccomp = seccomp_fd()
+        except BaseException:
+            for fd in (self._block_read, self._block_write, self._info_read, self._info_write):
+                os.close(fd)
+            raise
         self.init_pid: int | None = None
         self._kernel_pidfd: int | None = None
 
@@ -66,9 +69,10 @@ class SandboxedStart:
                 os.close(fd)
                 setattr(self, name, None)
 
-    async def init_started(self) -> int | None:
-        """The sandbox's pid 1 (as the owner sees it), once bwrap has made it."""
-        info = await _read_json(self._info_read, INFO_WAIT_SECONDS)
+    async def init_started(self, timeout: float) -> int | None:
+        """The sandbox's pid 1 (as the owner sees it), once bwrap has made it; ``None`` if bwrap
+        failed first (its stderr says why) or said nothing within ``timeout``."""
+        info = await _read_json(self._info_read, timeout)
         try:
             self.init_pid = int(json.loads(info)["child-pid"])
         except (ValueError, KeyError, TypeError):

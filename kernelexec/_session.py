@@ -146,6 +146,7 @@ class AsyncSession(SessionCopies, SessionBase):
                 if kernel is not None:
                     await kernel.shutdown()
             finally:
+                state.discard_abandoned()
                 await self._checkpoints.close_all()
                 await self._launcher.close()
 
@@ -189,7 +190,7 @@ class AsyncSession(SessionCopies, SessionBase):
         if state.closed:  # shut down while the kernel started
             await kernel.shutdown(graceful=False)
             self._raise_if_closed()
-        state.kernel, state.abandoned = kernel, None
+        state.kernel = kernel
         state.execution_count = 0
         state.kernel_info = kernel.info
         state.settle()
@@ -222,6 +223,7 @@ class AsyncSession(SessionCopies, SessionBase):
         finally:
             if stopping is not None:
                 await asyncio.shield(stopping)
+            self._state.discard_abandoned()  # its kernel is gone
         return True
 
     # The execute path
@@ -231,7 +233,9 @@ class AsyncSession(SessionCopies, SessionBase):
     ) -> ExecutionResult:
         """Send ``code``, run it through the ladder, restart the kernel if the outcome says so."""
         state, options = self._state, self._options
-        spill = SpillFile(options.spill_dir, len(state.history) + 1) if options.spill_dir else None
+        spill = None
+        if options.spill_dir:
+            spill = SpillFile(options.spill_dir, len(state.history) + 1, kernel_directory=kernel.spill_directory)
         bound = None
         if options.bound_output_in_kernel and options.gateway_url is None:  # its disk is not ours
             bound = {"max_output_bytes": options.max_output_bytes, "spill_path": spill.kernel_path if spill else None}
@@ -273,14 +277,12 @@ class AsyncSession(SessionCopies, SessionBase):
         ipykernel aborts every request queued behind one that failed (the interrupted one); it is
         given the interrupt grace to end, and then the next request goes anyway.
         """
-        call, self._state.abandoned = self._state.abandoned, None
-        if call is None or call.kernel is not kernel:
-            return
-        ended = await pump(call, time.monotonic() + self._options.interrupt_grace)
-        if ended is not None:
-            log.debug("a request given up earlier did not end within the grace: %r", ended)
-        if isinstance(call.collector.spill, SpillFile):  # the kernel may have written its file since
-            call.collector.spill.close(keep=False)
+        call = self._state.abandoned
+        if call is not None and call.kernel is kernel:
+            ended = await pump(call, time.monotonic() + self._options.interrupt_grace)
+            if ended is not None:
+                log.debug("a request given up earlier did not end within the grace: %r", ended)
+        self._state.discard_abandoned()
 
 
 @with_options_signature

@@ -22,12 +22,14 @@ COPY_CHUNK_BYTES = 1 << 20
 class SpillFile:
     """A file in ``directory`` named ``kernelexec-<call number>-<random>.txt``, made on demand."""
 
-    def __init__(self, directory: str, call_number: int) -> None:
+    def __init__(self, directory: str, call_number: int, *, kernel_directory: str | None = None) -> None:
         self._directory = directory
         self._prefix = f"kernelexec-{call_number}-"
         self._file: TextIO | None = None
-        # Where the kernel writes what it withheld (created by the kernel, if at all).
-        self.kernel_path = os.path.join(directory, f".{self._prefix}{secrets.token_hex(8)}.kernel")
+        # Where the kernel writes what it withheld (created by the kernel, if at all): beside the
+        # file, or in ``kernel_directory`` for a kernel that cannot see ``directory`` (sandboxed).
+        name = f".{self._prefix}{secrets.token_hex(8)}.kernel"
+        self.kernel_path = os.path.join(kernel_directory or directory, name)
 
     def open(self) -> None:
         """Create the file (once): the call's output is being truncated."""
@@ -48,15 +50,24 @@ class SpillFile:
         assert self._file is not None
         self._file.flush()
         target = self._file.buffer
-        with open(self.kernel_path, "rb") as source:
-            for offset, length in ranges:
-                source.seek(offset)
-                while length > 0:
-                    chunk = source.read(min(length, COPY_CHUNK_BYTES))
-                    if not chunk:
-                        break
-                    target.write(chunk)
-                    length -= len(chunk)
+        missing = 0
+        try:
+            with open(self.kernel_path, "rb") as source:
+                for offset, length in ranges:
+                    source.seek(offset)
+                    while length > 0:
+                        chunk = source.read(min(length, COPY_CHUNK_BYTES))
+                        if not chunk:
+                            break
+                        target.write(chunk)
+                        length -= len(chunk)
+                    missing += length
+        except OSError as error:
+            missing, reason = sum(length for _, length in ranges), f": {error}"
+        else:
+            reason = ""
+        if missing:  # said where the text would be, rather than a silent gap or an exception
+            target.write(f"\n[kernelexec: {missing} bytes of output withheld by the kernel are missing here{reason}]\n".encode())
         target.flush()
 
     def clear(self) -> None:

@@ -19,6 +19,7 @@ from ._backend import KernelBackend
 from ._displays import DisplayRegistry
 from ._record import session_notebook, write_notebook
 from ._result import ExecutionResult
+from ._spill import SpillFile
 
 if TYPE_CHECKING:
     from ._execute import Call
@@ -84,6 +85,14 @@ class SessionState:
     @property
     def closed(self) -> bool:
         return self.phase is Phase.CLOSED
+
+    def discard_abandoned(self) -> None:
+        """Forget the abandoned call once its kernel is done with it (or stopped), deleting the
+        file that kernel may have written the call's withheld output to since."""
+        call, self.abandoned = self.abandoned, None
+        spill = call.collector.spill if call is not None else None
+        if isinstance(spill, SpillFile):
+            spill.close(keep=False)
 
     def enter(self, phase: Phase) -> None:
         """Move to ``phase``; a closed session stays closed."""

@@ -70,6 +70,18 @@ def test_a_kernel_over_its_memory_limit_is_stopped_and_the_session_goes_on(launc
 
 
 @needs_memory_cgroup
+def test_a_subprocess_killed_for_memory_earlier_is_not_blamed_for_a_later_death():
+    """The cgroup's OOM-kill count only grows: a kill in an earlier call (here a subprocess's,
+    the kernel survives it) says nothing about how the kernel died later."""
+    with kx.Session(memory_limit=256 * MiB, timeout=60) as s:
+        r = s.execute("import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'b = bytearray(2**30)']).returncode")
+        assert r.ok and r.result == str(-signal.SIGKILL), r
+        r = s.execute("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+        assert r.status == "died" and "memory_limit" not in r.error.evalue, r.error.evalue
+        assert "SIGKILL" in r.error.evalue, r.error.evalue
+
+
+@needs_memory_cgroup
 def test_memory_under_the_limit_can_be_used():
     with kx.Session(memory_limit=256 * MiB) as s:
         r = s.execute("blob = b'x' * (150 * 2**20)\nlen(blob)")

@@ -127,6 +127,34 @@ SANDBOXED_CODE = "import os; (os.environ['HOME'], os.path.exists({secret!r}), os
 
 
 @pytest.mark.parametrize("launcher", ["fork", "spawn"])
+def test_bubblewrap_refusing_the_policy_is_a_start_error_in_its_words_at_once(tmp_path, launcher):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    sandbox = kx.Sandbox(read_only=[gone])
+    gone.rmdir()  # after the policy was checked: bwrap itself refuses it
+    started = time.monotonic()
+    with pytest.raises(kx.KernelStartError, match="Can't find source path"):
+        with kx.Session(sandbox=sandbox, cwd=tmp_path, launcher=launcher, startup_timeout=50) as s:
+            s.execute("1")
+    assert time.monotonic() - started < 25  # not the whole startup_timeout
+
+
+@pytest.mark.parametrize("launcher", ["fork", "spawn"])
+def test_a_sandboxed_floods_spill_file_is_whole(tmp_path, launcher):
+    """The kernel withholds a flood's middle and writes it to a file the client splices into the
+    spill file: for a sandboxed kernel, a file in its sandbox (it cannot see spill_dir; its /tmp,
+    where tmp_path is, is its own)."""
+    spill_dir, cwd = tmp_path / "spill", tmp_path / "cwd"
+    spill_dir.mkdir(), cwd.mkdir()
+    lines = 200_000
+    with kx.Session(sandbox=True, cwd=cwd, launcher=launcher, timeout=60, max_output_bytes=20_000, spill_dir=spill_dir) as s:
+        r = s.execute(f"for i in range({lines}): print('line %06d' % i)")
+        assert r.ok and r.truncated_bytes > 0 and r.output_path is not None
+        assert Path(r.output_path).read_text() == "".join(f"line {i:06d}\n" for i in range(lines))
+    assert os.listdir(spill_dir) == [os.path.basename(r.output_path)]
+
+
+@pytest.mark.parametrize("launcher", ["fork", "spawn"])
 def test_both_launchers_sandbox_the_kernel(tmp_path, secrets, launcher):
     with kx.Session(sandbox=True, cwd=tmp_path, launcher=launcher, timeout=30) as s:
         assert s.execute(SANDBOXED_CODE.format(secret=secrets["home_secret"])).result == "('/home/sandbox', False, True)"
@@ -305,6 +333,36 @@ def test_only_the_sandboxes_processes_are_visible(sandboxed):
     commands = eval(sandboxed.execute(code).result)
     assert all(command.endswith((b"bwrap", b"python", b"python3", b"python3.11")) or b"python" in command for command in commands), commands
     assert len(commands) <= 6, f"processes outside the sandbox are visible: {commands}"
+
+
+# Code that counts the connection files and kernel processes it can reach.
+REACHABLE_KERNELS = """
+import glob, os
+mounted = [line.split()[4] for line in open('/proc/self/mountinfo')]
+files = sorted({f for d in mounted for f in glob.glob(d + '/kernel-*.json')})
+ppids = [open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1] for p in os.listdir('/proc') if p.isdigit()]
+print(len(files), ppids.count(str(os.getppid())))  # kernels: the children of this one's template
+"""
+
+
+def test_sandboxed_sessions_with_different_cwds_cannot_reach_each_other(tmp_path):
+    """One template per policy and cwd: sessions given different cwds share no runtime directory
+    (connection files, IPC sockets) and no PID namespace. The same code in two sessions of one
+    cwd sees both kernels, so the test can fail."""
+    for name in ("a", "b", "shared"):
+        (tmp_path / name).mkdir()
+    with (
+        kx.Session(timeout=60, sandbox=True, cwd=tmp_path / "a") as a,
+        kx.Session(timeout=60, sandbox=True, cwd=tmp_path / "b") as b,
+    ):
+        assert a.execute("1").ok
+        assert b.execute(REACHABLE_KERNELS).stdout.split() == ["1", "1"]  # only its own
+    with (
+        kx.Session(timeout=60, sandbox=True, cwd=tmp_path / "shared") as a,
+        kx.Session(timeout=60, sandbox=True, cwd=tmp_path / "shared") as b,
+    ):
+        assert a.execute("1").ok
+        assert b.execute(REACHABLE_KERNELS).stdout.split() == ["2", "2"], "one trust domain, as documented"
 
 
 def test_the_home_and_tmp_are_private(sandboxed):

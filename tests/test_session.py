@@ -300,6 +300,28 @@ def test_a_cancelled_call_that_truncated_leaves_no_spill_file(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("then", ["shutdown", "restart"])
+def test_a_cancelled_floods_kernel_file_is_gone_once_its_kernel_is(tmp_path, then):
+    """The kernel of a call given up goes on withholding its flood's middle to a file beside the
+    spill file; a shutdown or restart before any next call must not leave that file behind."""
+    async def main():
+        async with kx.AsyncSession(timeout=30, max_output_bytes=20_000, spill_dir=tmp_path) as s:
+            code = "import time\nfor i in range(60):\n    print('x' * 100_000)\n    time.sleep(0.05)"
+            call = asyncio.create_task(s.execute(code))
+            await asyncio.sleep(0.5)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await asyncio.sleep(1.5)  # the kernel writes its file meanwhile
+            assert any(tmp_path.iterdir()), "the kernel never withheld anything: the test proves nothing"
+            if then == "restart":
+                await s.restart()
+                assert list(tmp_path.iterdir()) == []
+        assert list(tmp_path.iterdir()) == []
+
+    asyncio.run(main())
+
+
 CTRL_C_IN_THE_CALLER = """
 import os, signal, sys, threading, time
 import kernelexec as kx
