@@ -247,6 +247,13 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
     if order is not None:
 
         def _flush_buffers(self):
+            order.sending(self, 1)
+            try:
+                yield from _take_and_send(self)
+            finally:  # after ipykernel queued the last piece of what was taken (see holds_nothing)
+                order.sending(self, -1)
+
+        def _take_and_send(self):
             order.send_older_than(self)
             call = bound.call if bound is not None else None
             taken = None
@@ -330,6 +337,7 @@ class _SendOrder(object):
         self._streams = list(streams)
         self._stamp = itertools.count().__next__  # atomic under the GIL
         self._oldest = {}  # id(stream) -> stamp of its oldest unsent text, None when there is none
+        self._in_flight = {}  # id(stream) -> sends taking or queueing its text now
 
     def new_buffers(self, stream):
         """Empty buffers for ``stream`` (called under its buffer lock) that stamp their first text."""
@@ -348,8 +356,19 @@ class _SendOrder(object):
         return defaultdict(first_text_since_sent)
 
     def holds_nothing(self, stream):
-        """Whether ``stream`` has had no text since its last send."""
-        return self._oldest.get(id(stream), 0) is None
+        """Whether ``stream`` has had no text since its last send, and that send is queued whole.
+
+        A send takes the text first, then queues it piece by piece (``_splitter``): until the
+        last piece is queued, a message queued by another thread (the reply's idle status)
+        could overtake the rest. Read in this order: a send in progress counts before it takes.
+        """
+        key = id(stream)
+        return self._oldest.get(key, 0) is None and not self._in_flight.get(key)
+
+    def sending(self, stream, change):
+        """Count a send of ``stream`` starting (1) or over (-1); on the I/O thread."""
+        key = id(stream)
+        self._in_flight[key] = self._in_flight.get(key, 0) + change
 
     def mark(self, stream):
         """``stream`` holds text again, kept outside its buffers (``_OutputBound``)."""

@@ -138,6 +138,26 @@ def test_output_interleaved_with_a_threads_big_writes_arrives_whole(caplog):
     assert not [r.message for r in caplog.records if "dropped" in r.message]
 
 
+def test_a_big_write_still_being_queued_when_the_call_ends_arrives_whole():
+    """A send takes a big text, then queues it in pieces; the call's last flush must not find
+    "nothing to send" meanwhile, or the reply's idle status overtakes the rest (seen under load
+    in the test above). Here each piece is made slow, so the call ends while they are queued."""
+    with kx.Session(timeout=30, max_output_bytes=100_000_000, env={"PYTEST_CURRENT_TEST": None}) as s:
+        s.execute(
+            "import sys, time\n"
+            "_session = sys.stdout.session\n"
+            "_msg = type(_session).msg\n"
+            "def slow_msg(self, msg_type, *args, **kwargs):\n"
+            "    if msg_type == 'stream':\n"
+            "        time.sleep(0.02)\n"
+            "    return _msg(self, msg_type, *args, **kwargs)\n"
+            "_session.msg = slow_msg.__get__(_session)"
+        )
+        size = 10 * 2**20  # about 40 pieces: 0.8 s of queueing, begun 0.2 s after the write
+        r = s.execute(f"print('y' * {size}, end='')\ntime.sleep(0.3)")
+        assert r.ok and r.truncated_bytes == 0 and len(r.stdout) == size, (len(r.stdout), size)
+
+
 def test_output_written_to_file_descriptor_1_is_captured(run):
     r = run("import os\nos.write(1, b'through fd 1\\n')\nprint('through print')", bound=10)
     assert r.ok and r.stdout == "through fd 1\nthrough print\n"
