@@ -112,6 +112,7 @@ async def _kernel_info(kernel: KernelBackend, deadline: float, timeout: float, w
     """One kernel_info round: the reply once its iopub status came too; ``None`` to re-send."""
     msg_id = kernel.request("shell", "kernel_info_request", {})
     reply: dict[str, Any] | None = None
+    published = False  # its iopub status came: before or after the reply, they are apart sockets
     resend_at: float | None = None
     while True:
         now = time.monotonic()
@@ -129,11 +130,13 @@ async def _kernel_info(kernel: KernelBackend, deadline: float, timeout: float, w
         channel, msg = item
         if channel == "shell":
             reply = msg["content"]
+            if published:
+                return reply
             resend_at = time.monotonic() + READY_RESEND_SECONDS
         elif channel == "iopub" and msg["header"]["msg_type"] == "status":
             if reply is not None:
                 return reply
-            resend_at = None
+            published = True
 
 
 def _signal_name(number: int) -> str:
