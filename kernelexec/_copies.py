@@ -105,9 +105,11 @@ class SessionCopies:
         old, state.kernel = state.kernel, kernel
         state.execution_count, state.kernel_info = execution_count, kernel.info
         state.settle()
-        if old is not None:
-            await old.shutdown(graceful=False)
-        state.discard_abandoned()  # its kernel is gone
+        try:
+            if old is not None:
+                await old.shutdown(graceful=False)
+        finally:
+            state.discard_abandoned()  # its kernel is gone
 
     async def _restore_state_before(self, call: Call) -> bool:
         """After a call that needs a restart: resume from the copy kept before it, if any."""

@@ -122,7 +122,7 @@ class LocalKernel(ProcessKernel):
             if sandboxed is not None:  # its pid 1 waits to be contained before the kernel starts
                 init_pid = await sandboxed.init_started(startup_timeout)
                 if init_pid is None:
-                    raise kernel._sandbox_failed(f"bubblewrap did not make the sandbox within {startup_timeout:g} s")
+                    raise kernel._sandbox_failed("bubblewrap did not make the sandbox", f"within {startup_timeout:g} s")
                 kernel._contain(max_processes, memory_limit, pid=init_pid)
                 try:
                     sandboxed.unblock()
@@ -153,9 +153,10 @@ class LocalKernel(ProcessKernel):
             raise
         return kernel
 
-    def _sandbox_failed(self, what: str) -> KernelStartError:
-        said = self.stderr_tail()  # bubblewrap's own words, when it failed
-        return KernelStartError(f"{what}: {said}" if said else f"{what}.")
+    def _sandbox_failed(self, what: str, unexplained: str = "") -> KernelStartError:
+        """``what`` went wrong, in bubblewrap's own words if it said any (else ``unexplained``)."""
+        said = self.stderr_tail()
+        return KernelStartError(f"{what}: {said}" if said else f"{what} {unexplained}".rstrip() + ".")
 
     async def interrupt(self) -> None:
         if not self.is_alive:

@@ -263,11 +263,11 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
                     taken = call.take(index)
             else:
                 old_buffers = self._rotate_buffers()
-                started = bound.call if bound is not None else None
-                if started is not None:  # since: the rotation forgot the mark its text may have set
-                    with started.lock:
-                        if started.streams[index].unsent:
-                            order.mark(self)
+            started = bound.call if bound is not None else None
+            if started is not None and started is not call:  # a call that started meanwhile:
+                with started.lock:  # the rotation forgot the mark its text may have set
+                    if started.streams[index].unsent:
+                        order.mark(self)
             if taken is not None:  # older than what ipykernel buffered for other requests
                 head, withheld, spill_ranges, tail = taken
                 parent = call.parents[index]

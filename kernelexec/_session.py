@@ -256,6 +256,7 @@ class AsyncSession(SessionCopies, SessionBase):
                 self._checkpoints.state_changed()
                 if spill is not None:
                     spill.close(keep=False)
+        state.discard_abandoned()  # this request ended: so did any the kernel ran before it
         state_restored = (
             outcome.needs_restart and not call.ended_by_restart and await self._restore_state_before(call)
         )
@@ -279,9 +280,11 @@ class AsyncSession(SessionCopies, SessionBase):
         """
         call = self._state.abandoned
         if call is not None and call.kernel is kernel:
-            ended = await pump(call, time.monotonic() + self._options.interrupt_grace)
-            if ended is not None:
-                log.debug("a request given up earlier did not end within the grace: %r", ended)
+            unfinished = await pump(call, time.monotonic() + self._options.interrupt_grace)
+            if unfinished is not None:
+                log.debug("a request given up earlier did not end within the grace: %r", unfinished)
+                self._state.discard_abandoned(still_running=True)
+                return
         self._state.discard_abandoned()
 
 

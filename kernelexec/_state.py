@@ -81,18 +81,26 @@ class SessionState:
     # A request given up by a cancelled call (Ctrl-C): the next call lets it finish first, or the
     # kernel would abort the next request as queued behind an error.
     abandoned: Call | None = None
+    # The kernel spill files of abandoned requests that outlived the grace: their kernel may still
+    # create or write them until a later request of it ends (it runs one at a time) or it is gone.
+    lingering_spills: list[SpillFile] = field(default_factory=list)
 
     @property
     def closed(self) -> bool:
         return self.phase is Phase.CLOSED
 
-    def discard_abandoned(self) -> None:
-        """Forget the abandoned call once its kernel is done with it (or stopped), deleting the
-        file that kernel may have written the call's withheld output to since."""
+    def discard_abandoned(self, *, still_running: bool = False) -> None:
+        """Forget the abandoned call, and delete the files its kernel may have written withheld
+        output to since, once the kernel is done with them: when its requests have ended or it is
+        gone (``still_running``: the abandoned request has not, its file is kept till then)."""
         call, self.abandoned = self.abandoned, None
         spill = call.collector.spill if call is not None else None
         if isinstance(spill, SpillFile):
-            spill.close(keep=False)
+            self.lingering_spills.append(spill)
+        if not still_running:
+            spills, self.lingering_spills = self.lingering_spills, []
+            for done in spills:
+                done.close(keep=False)
 
     def enter(self, phase: Phase) -> None:
         """Move to ``phase``; a closed session stays closed."""

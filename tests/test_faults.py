@@ -158,6 +158,36 @@ def test_a_big_write_still_being_queued_when_the_call_ends_arrives_whole():
         assert r.ok and r.truncated_bytes == 0 and len(r.stdout) == size, (len(r.stdout), size)
 
 
+# Makes the I/O thread pause (as a preempted thread would) between reading which call is running
+# and rotating the stream's buffers, the next time it flushes this call's stream.
+PAUSE_THE_NEXT_TIMER_FLUSH = r"""
+import sys, threading, time
+bound = next(cb.__self__ for cb in get_ipython().events.callbacks['post_execute'] if getattr(cb, '__name__', '') == 'end_call')
+class PausingLock:
+    def __init__(self, lock): self.lock, self.armed = lock, False
+    def __enter__(self):
+        if self.armed and threading.current_thread() is not threading.main_thread():
+            self.armed = False
+            time.sleep(0.5)
+        return self.lock.__enter__()
+    def __exit__(self, *exc): return self.lock.__exit__(*exc)
+bound.call.lock = PausingLock(bound.call.lock)
+print('a', end='')  # arms ipykernel's 0.2 s flush timer, which is never cancelled
+sys.stdout.flush()
+bound.call.lock.armed = True
+"""
+
+
+def test_a_flush_of_the_last_call_racing_the_next_calls_first_write_loses_nothing():
+    """The timer flush reads call A, pauses, and rotates after call B wrote: B's text must still
+    be sent at B's end (before, the rotation forgot that B held text, and B's output was lost)."""
+    with kx.Session(timeout=30, max_output_bytes=100_000) as s:
+        for _ in range(3):
+            assert s.execute(PAUSE_THE_NEXT_TIMER_FLUSH).stdout == "a"
+            time.sleep(0.3)  # the timer fires, and the flush pauses, while B runs
+            assert s.execute("import time\nprint('b')\ntime.sleep(0.5)").stdout == "b\n"
+
+
 def test_output_written_to_file_descriptor_1_is_captured(run):
     r = run("import os\nos.write(1, b'through fd 1\\n')\nprint('through print')", bound=10)
     assert r.ok and r.stdout == "through fd 1\nthrough print\n"

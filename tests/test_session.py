@@ -322,6 +322,29 @@ def test_a_cancelled_floods_kernel_file_is_gone_once_its_kernel_is(tmp_path, the
     asyncio.run(main())
 
 
+def test_a_cancelled_floods_kernel_file_is_gone_even_when_it_outlived_the_grace(tmp_path):
+    """The request ignores the interrupt past the grace, then floods: the kernel makes its file
+    after the next call was sent; it is deleted once that call ended, not left for good."""
+    code = (
+        "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 3:\n"
+        "    try:\n        time.sleep(0.1)\n    except KeyboardInterrupt:\n        pass\n"
+        "for i in range(40):\n    print('x' * 100_000)"
+    )
+
+    async def main():
+        async with kx.AsyncSession(timeout=30, max_output_bytes=20_000, spill_dir=tmp_path, interrupt_grace=0.5) as s:
+            call = asyncio.create_task(s.execute(code))
+            await asyncio.sleep(1.0)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            r = await s.execute("print('next')")
+            assert r.ok and r.stdout == "next\n", r
+            assert list(tmp_path.iterdir()) == []
+
+    asyncio.run(main())
+
+
 CTRL_C_IN_THE_CALLER = """
 import os, signal, sys, threading, time
 import kernelexec as kx
