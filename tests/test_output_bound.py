@@ -105,12 +105,15 @@ def test_stdout_and_stderr_line_by_line_keep_their_order(sessions):
     result, received, _ = run(sessions[True, False], code)
     assert result.ok and result.truncated_bytes > 100_000 and received < 100_000
     assert result.stdout.startswith("0\n1\n2\n") and result.outputs[-1].text.endswith("19999\n")
+    checked = 0
     for name in ("stdout", "stderr"):
         # The head and the tail are cut by bytes: the line at either side of the cut may be part
         # of one ("19996" kept as "6"), so the ends of each part are left out.
         head, _, tail = getattr(result, name).partition(truncation_marker(result.truncated_bytes))
         numbers = [abs(int(line)) for part in (head, tail) for line in part.split("\n")[1:-1] if line]
-        assert len(numbers) > 100 and numbers == sorted(numbers), name
+        assert numbers == sorted(numbers), name
+        checked += len(numbers)
+    assert checked > 1000, checked  # how the kept lines divide between the streams depends on timing
 
 
 @pytest.mark.parametrize("spill", [False, True], ids=["no-spill", "spill"])
