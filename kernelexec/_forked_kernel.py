@@ -130,8 +130,11 @@ class ForkedKernel(ProcessKernel):
         os.close(os.open(stderr_path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
         kernel = cls(kernel_id, connection_file, dict(info), stderr_path)
         kernel.view = view
-        kernel.spill_directory = directory
         return kernel
+
+    @property
+    def spill_directory(self) -> str | None:
+        return self.view.directory if self.view is not None else None  # bound into its sandbox
 
     def _fork_request(self, options: SessionOptions) -> dict[str, Any]:
         rlimits = {}

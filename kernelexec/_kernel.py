@@ -51,11 +51,14 @@ class LocalKernel(ProcessKernel):
         super().__init__(stderr_file)
         self._manager = manager
         self._sandboxed = sandboxed
-        self.spill_directory = sandboxed.runtime_dir if sandboxed is not None else None
 
     @property
     def sandboxed(self) -> bool:
         return self._sandboxed is not None
+
+    @property
+    def spill_directory(self) -> str | None:
+        return self._sandboxed.runtime_dir if self._sandboxed is not None else None  # bound into its sandbox
 
     @property
     def kernel_id(self) -> str:

@@ -46,7 +46,6 @@ class ProcessKernel:
     has_fork_code = False  # whether the kernel holds the code that checkpoints it (``_checkpoints``)
     installed: str | None = None  # the install(...) call its kernelexec hooks were installed with
     limits_memory = False  # set when memory_limit is enforced by the kernel's memory cgroup
-    spill_directory: str | None = None  # a sandboxed kernel's: a directory bound into its sandbox
 
     def __init__(self, stderr_file: IO[bytes]) -> None:
         self._stderr_file = stderr_file
@@ -64,6 +63,11 @@ class ProcessKernel:
     @property
     def pid(self) -> int | None:
         raise NotImplementedError
+
+    @property
+    def spill_directory(self) -> str | None:
+        """A sandboxed kernel's directory for the output it withholds (see ``KernelBackend``)."""
+        return None
 
     @property
     def is_alive(self) -> bool:

@@ -278,14 +278,12 @@ class AsyncSession(SessionCopies, SessionBase):
         ipykernel aborts every request queued behind one that failed (the interrupted one); it is
         given the interrupt grace to end, and then the next request goes anyway.
         """
-        call = self._state.abandoned
+        call, unfinished = self._state.abandoned, None
         if call is not None and call.kernel is kernel:
             unfinished = await pump(call, time.monotonic() + self._options.interrupt_grace)
             if unfinished is not None:
                 log.debug("a request given up earlier did not end within the grace: %r", unfinished)
-                self._state.discard_abandoned(still_running=True)
-                return
-        self._state.discard_abandoned()
+        self._state.discard_abandoned(still_running=unfinished is not None)
 
 
 @with_options_signature
