@@ -40,30 +40,42 @@ class ZmqChannels:
     def __init__(self, context: zmq.Context, info: dict[str, Any], session: ProtocolSession):
         self.session = session
         self._sockets: list[tuple[str, zmq.Socket]] = []
+        self._by_name: dict[str, zmq.Socket] = {}
         self._stdin_monitor: zmq.Socket | None = None
-        for channel, kind in CHANNELS:
-            socket = context.socket(kind)
-            socket.linger = 0
-            # A kernel binds its sockets a moment after it starts: retry soon, not after ZMQ's 100 ms.
-            socket.reconnect_ivl = RECONNECT_MS
-            if kind == zmq.DEALER:
-                socket.identity = session.bsession  # stdin replies are routed by this identity
-            if channel == "iopub":
-                socket.setsockopt(zmq.SUBSCRIBE, b"")
-                # Queue few messages here: kernelexec's Python kernels then wait (XPUB_NODROP)
-                # instead of filling our memory with output we would truncate anyway.
-                socket.rcvhwm = IOPUB_RECEIVE_QUEUE
-            if channel == "stdin":
-                # The kernel's ROUTER drops an input request addressed to us until this
-                # connection's handshake is done, and the kernel then waits for an answer forever.
-                self._stdin_monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-            socket.connect(channel_url(info, channel))
-            self._sockets.append((channel, socket))
-        self._by_name = dict(self._sockets)
         self._loop: asyncio.AbstractEventLoop | None = None
         # Everyone sleeping in wait(): a call's receive and a shutdown may wait at the same time.
         self._waiters: set[asyncio.Future[None]] = set()
         self._watched_fds: list[int] = []
+        try:
+            for channel, kind in CHANNELS:
+                socket = context.socket(kind)
+                self._sockets.append((channel, socket))
+                self._by_name[channel] = socket
+                self._set_up(socket, channel, kind, info)
+        except BaseException:  # a socket left open would make the context's term() wait forever
+            self.close()
+            raise
+
+    def _set_up(self, socket: zmq.Socket, channel: str, kind: int, info: dict[str, Any]) -> None:
+        socket.linger = 0
+        # pyzmq sends a bigger frame without copying it, through a garbage-collector thread
+        # (with a ZMQ context of its own) that it starts for good on first use: a big cell
+        # would leave it behind in the caller's process. Copying costs less than that.
+        socket.copy_threshold = 2**31 - 1  # a C int
+        # A kernel binds its sockets a moment after it starts: retry soon, not after ZMQ's 100 ms.
+        socket.reconnect_ivl = RECONNECT_MS
+        if kind == zmq.DEALER:
+            socket.identity = self.session.bsession  # stdin replies are routed by this identity
+        if channel == "iopub":
+            socket.setsockopt(zmq.SUBSCRIBE, b"")
+            # Queue few messages here: kernelexec's Python kernels then wait (XPUB_NODROP)
+            # instead of filling our memory with output we would truncate anyway.
+            socket.rcvhwm = IOPUB_RECEIVE_QUEUE
+        if channel == "stdin":
+            # The kernel's ROUTER drops an input request addressed to us until this
+            # connection's handshake is done, and the kernel then waits for an answer forever.
+            self._stdin_monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        socket.connect(channel_url(info, channel))
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start waking receivers on ``loop`` when a socket becomes readable."""

@@ -396,6 +396,9 @@ def _forget_kernelexec_hooks(shell):
         hooks = getattr(publisher, "_hooks", None)
         if isinstance(hooks, list):
             hooks[:] = [h for h in hooks if not kernelexec_made(h)]
+        for name, value in list(vars(publisher).items()):  # methods replaced (clear_output, publish)
+            if callable(value) and kernelexec_made(value):
+                delattr(publisher, name)
     if kernelexec_made(os._exit):
         import posix
 

@@ -210,7 +210,7 @@ class ForkedKernel(ProcessKernel):
         if self._control is not None:
             self._control.close(linger=0)
             self._control = None
-        self._context.term()
+        self._context.destroy(linger=0)  # also a socket a failed start left open
         self._release_containment()
         for path in self._files():
             with contextlib.suppress(OSError):

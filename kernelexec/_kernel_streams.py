@@ -134,6 +134,7 @@ def _take_over_writes(shell, streams, max_chars):
         forwarder = _FdForwarder.take_over(stream, pacer)
         stream.__dict__.pop("write", None)
         stream.__class__ = _stream_class(type(stream), forwarder, pacer, order, bound, index)
+        stream._kernelexec_install_write()
         if order is not None:
             order.adopt(stream)
         if forwarder is not None:
@@ -144,16 +145,19 @@ def _take_over_writes(shell, streams, max_chars):
         shell.events.register("post_execute", lambda *_: [forwarder.drain() for forwarder in forwarders])
     if bound is not None:
         shell.events.register("post_execute", bound.end_call)
+        bound.order = order
+        bound.drain_fds = (lambda: [forwarder.drain() for forwarder in forwarders]) if forwarders else None
 
 
 def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
     """``base`` with a ``write`` that drains the descriptor's pipe first, then keeps the text
     in the call's bound or paces after, and buffers sent in the order ``order`` keeps.
 
-    ``write`` is a property so that it also wraps whatever is assigned to the instance's
-    ``write``: IPython 9 replaces it with a recording wrapper around every cell, then puts the
-    method it found back. Only ipykernel's own write is bounded (a recording wrapper must see
-    every write).
+    The ``write`` a stream's users see is a closure in the instance's ``__dict__`` (so ``print``
+    finds it without a Python-level descriptor call: this is the cost of every write), made by
+    ``install_write``. Whatever is assigned to the instance's ``write`` is wrapped the same way:
+    IPython 9 replaces it with a recording wrapper around every cell, then puts the method it
+    found back. Only ipykernel's own write is bounded (a recording wrapper must see every write).
     """
     base_write = base.write
 
@@ -170,10 +174,7 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
         ):
             call.write(index, text, order, self)
             if not self._flush_pending:
-                if call.withholding(index):
-                    _schedule_flush_in(self, LIVE_TAIL_SECONDS)
-                else:
-                    self._schedule_flush()
+                _schedule_bound_flush(self, call, index)
             return len(text)
         result = (inner or base_write.__get__(self))(text)
         if pace and pacer is not None and type(text) is str:
@@ -186,6 +187,9 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
             return inner
         if forwarder is not None:
             count_pending, pending, busy = forwarder.fast_check()
+            drain = forwarder.drain
+        else:
+            count_pending, pending, busy, drain = None, None, None, None
 
         def keep_fd_order():
             # Almost every write finds the pipe empty and the lock free: nothing written before
@@ -197,9 +201,34 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
                 pass
             else:
                 if pending[0] or busy():
-                    forwarder.drain()
+                    drain()
 
-        if direct and forwarder is not None:  # ipykernel's own: the common case, kept lean
+        if direct and bound is not None:  # ipykernel's own: the common case, kept lean
+            parent_var = stream._parent_header  # a ContextVar, made once
+
+            def write(text):
+                if count_pending is not None:
+                    try:  # keep_fd_order(), inlined
+                        count_pending()
+                    except OSError:
+                        pass
+                    else:
+                        if pending[0] or busy():
+                            drain()
+                call = bound.call
+                if (
+                    call is not None
+                    and type(text) is str
+                    and parent_var.get(stream._parent_header_global) is call.parents[index]
+                    and not call.off
+                ):  # put(), inlined
+                    call.write(index, text, order, stream)
+                    if not stream._flush_pending:
+                        _schedule_bound_flush(stream, call, index)
+                    return len(text)
+                return put(stream, text, inner)
+
+        elif direct and forwarder is not None:
 
             def write(text):
                 try:  # keep_fd_order(), inlined
@@ -208,7 +237,7 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
                     pass
                 else:
                     if pending[0] or busy():
-                        forwarder.drain()
+                        drain()
                 return put(stream, text, inner)
 
         elif direct:
@@ -227,20 +256,27 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
         write.kernelexec_inner = inner
         return write
 
-    def get_write(self):
-        wrapped = self.__dict__.get("_kernelexec_write")
-        if wrapped is None:
-            wrapped = self.__dict__["_kernelexec_write"] = wrapping(base_write.__get__(self), self)
-        return wrapped
+    def install_write(self, value=None):
+        """Make the instance's ``write`` wrap ``value`` (ipykernel's own write when None)."""
+        inner = base_write.__get__(self) if value is None else getattr(value, "kernelexec_inner", value)
+        self.__dict__["write"] = wrapping(inner, self)
 
-    def set_write(self, value):
-        self.__dict__["_kernelexec_write"] = wrapping(getattr(value, "kernelexec_inner", value), self)
+    def __setattr__(self, name, value):
+        if name == "write":
+            install_write(self, value)
+        else:
+            base.__setattr__(self, name, value)
 
-    def reset_write(self):
-        self.__dict__.pop("_kernelexec_write", None)
+    def __delattr__(self, name):
+        if name == "write":
+            install_write(self)
+        else:
+            base.__delattr__(self, name)
 
     namespace = {
-        "write": property(get_write, set_write, reset_write),
+        "__setattr__": __setattr__,
+        "__delattr__": __delattr__,
+        "_kernelexec_install_write": install_write,
         "_kernelexec_put": put,
         "__module__": __name__,
     }
@@ -256,13 +292,25 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
         def _take_and_send(self):
             order.send_older_than(self)
             call = bound.call if bound is not None else None
-            taken = None
+            if call is not None and call.stale:  # its text goes first, then the clear kept back
+                for stream in bound.streams:
+                    order.sending(stream, 1)
+                try:
+                    for stale_index, stale_taken in call.take_stale():
+                        bound.streams[stale_index]._kernelexec_send_taken(call, stale_taken)
+                finally:
+                    for stream in bound.streams:
+                        order.sending(stream, -1)
+            taken, owed_clear = None, False
             if call is not None:
                 with call.lock:  # the lock writes hold first, then the buffer lock
                     old_buffers = self._rotate_buffers()
                     taken = call.take(index)
+                    owed_clear, call.owed_clear = call.owed_clear, False
             else:
                 old_buffers = self._rotate_buffers()
+            if owed_clear:  # before the call's text taken with it, queued as sends are
+                self._kernelexec_send_clear(call)
             started = bound.call if bound is not None else None
             if started is not None and started is not call:  # a call that started meanwhile:
                 with started.lock:  # the rotation forgot the mark its text may have set
@@ -280,6 +328,31 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
                 buffer.close()
                 yield dict(frozen_parent), data
 
+        def _kernelexec_send_taken(self, call, taken):
+            """Send what ``call.take`` gave, as ipykernel's ``_flush`` sends a buffer."""
+            head, withheld, spill_ranges, tail = taken
+            parent = call.parents[index]
+            self._kernelexec_send_text(parent, head)
+            if withheld:
+                self._kernelexec_notice(call, parent, withheld, spill_ranges)
+            self._kernelexec_send_text(parent, tail)
+
+        def _kernelexec_send_text(self, parent, text):
+            if not text:
+                return
+            self.session.pid = os.getpid()
+            msg = self.session.msg("stream", {"name": self.name, "text": text}, parent=parent)
+            for hook in self._hooks:
+                msg = hook(msg)
+                if msg is None:
+                    return
+            self.session.send(self.pub_thread, msg, ident=self.topic)
+
+        def _kernelexec_send_clear(self, call):
+            self.session.pid = os.getpid()
+            msg = self.session.msg("clear_output", {"wait": True}, parent=call.parents[index])
+            self.session.send(self.pub_thread, msg, ident=bound.clear_topic)
+
         def _kernelexec_notice(self, call, parent, withheld, spill_ranges):
             content = {"name": self.name, "withheld_bytes": withheld, "spill_ranges": spill_ranges}
             self.session.pid = os.getpid()  # as ipykernel's _flush does: the send checks it
@@ -287,6 +360,10 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
             self.session.send(self.pub_thread, msg, ident=self.topic)
 
         def flush(self):
+            # Every display, result, traceback and clear_output flushes both streams first: what
+            # waits in the fd pipe was written before them.
+            if forwarder is not None:
+                forwarder.drain()
             # Nothing written since the last send: nothing to wait for (every display flushes both
             # streams, a round trip to the I/O thread, which later messages queue behind anyway).
             if order.holds_nothing(self) and self.pub_thread is not None:
@@ -301,7 +378,8 @@ def _stream_class(base, forwarder, pacer, order=None, bound=None, index=0):
 
         namespace.update(
             _flush_buffers=_flush_buffers, _rotate_buffers=_rotate_buffers,
-            _kernelexec_notice=_kernelexec_notice, flush=flush,
+            _kernelexec_notice=_kernelexec_notice, flush=flush, _kernelexec_send_taken=_kernelexec_send_taken,
+            _kernelexec_send_text=_kernelexec_send_text, _kernelexec_send_clear=_kernelexec_send_clear,
         )
     return type("KernelexecStream", (base,), namespace)
 
@@ -384,6 +462,17 @@ class _SendOrder(object):
                 if buffer.tell():
                     buffers[parent].write(buffer.getvalue())
             stream._buffers = buffers
+
+    def stamp(self, stream):
+        """The stamp of ``stream``'s oldest unsent text (None when it holds none)."""
+        return self._oldest.get(id(stream))
+
+    def forget(self, stream):
+        """The bound's text of ``stream`` was taken or dropped outside a send: the stream holds
+        nothing now, unless its buffers do (called under the call's lock, see ``_take_and_send``)."""
+        with stream._buffer_lock:
+            if not any(buffer.tell() for buffer in stream._buffers.values()):
+                self._oldest[id(stream)] = None
 
     def send_older_than(self, stream):
         """Before ``stream`` sends its buffer, have the streams holding older text send theirs."""

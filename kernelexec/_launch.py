@@ -12,11 +12,13 @@ caller's startup code. The launcher holds its template until ``close()``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import logging
 import os
 import sys
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 
 from . import _kernel_bound, _kernel_fds, _kernel_side, _kernel_streams
@@ -167,11 +169,22 @@ async def prepare_kernel(kernel: KernelBackend, options: SessionOptions, *, star
 
 
 def bootstrap_code(kernel: KernelBackend, options: SessionOptions) -> str:
-    """Code that runs ``_kernel_side`` in a private namespace and installs its hooks."""
+    """Code that runs ``_kernel_side`` in a private namespace and installs its hooks.
+
+    The source travels compressed: a 60 KB request would cost little more, but pyzmq sends a
+    frame over 64 KiB without copying it, through a garbage-collector thread (and its ZMQ
+    context) that it starts in the client for good.
+    """
     install = install_call(options, kernel.needs_nproc_limit, kernel.limits_memory)
+    return packed_exec(KERNEL_SOURCE + "\n" + install, "__kernelexec__")
+
+
+def packed_exec(source: str, module_name: str) -> str:
+    """Code that runs ``source`` (sent compressed) in a namespace of its own named ``module_name``."""
+    packed = base64.b85encode(zlib.compress(source.encode(), 9))
     return (
-        f"exec(compile({KERNEL_SOURCE + chr(10) + install!r}, '<kernelexec>', 'exec'),"
-        " {'__name__': '__kernelexec__'})"
+        "exec(compile(__import__('zlib').decompress(__import__('base64').b85decode("
+        f"{packed!r})).decode(), '<kernelexec>', 'exec'), {{'__name__': {module_name!r}}})"
     )
 
 

@@ -23,7 +23,7 @@ from jupyter_client import BlockingKernelClient, KernelManager
 from jupyter_client.connect import write_connection_file
 
 from kernelexec import _fork_server, _fork_side
-from kernelexec._launch import KERNEL_SOURCE
+from kernelexec._launch import KERNEL_SOURCE, packed_exec
 
 SOURCE = inspect.getsource(_fork_server) + "\n" + inspect.getsource(_fork_side)
 HISTORY = "--HistoryManager.hist_file=:memory:"
@@ -114,8 +114,7 @@ class Kernel:
 
     def private(self, call: str, source: str = SOURCE, name: str = "__kernelexec_fork__") -> str:
         """Run ``source + call`` silently in a private namespace, as the client does; its output."""
-        code = f"exec(compile({source + chr(10) + call!r}, '<kernelexec>', 'exec'), {{'__name__': {name!r}}})"
-        content, text, _ = self.run(code, silent=True)
+        content, text, _ = self.run(packed_exec(source + "\n" + call, name), silent=True)
         assert content["status"] == "ok", content
         return text
 

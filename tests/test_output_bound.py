@@ -31,7 +31,10 @@ def sessions(private_runtime_dir, tmp_path_factory):
             for spill in (True, False):
                 spill_dir = str(tmp_path_factory.mktemp("spill")) if spill else None
                 made[bound, spill] = stack.enter_context(
-                    kx.Session(timeout=60, max_output_bytes=MAX, spill_dir=spill_dir, bound_output_in_kernel=bound)
+                    kx.Session(
+                        timeout=60, max_output_bytes=MAX, spill_dir=spill_dir, bound_output_in_kernel=bound,
+                        env={"PYTEST_CURRENT_TEST": None},  # else ipykernel leaves fds 1 and 2 to pytest
+                    )
                 )
         yield made
 
@@ -180,3 +183,124 @@ def test_the_next_call_starts_a_new_bound(sessions):
     flood, _, _ = run(session, "print('x' * 1_000_000)")
     small, _, _ = run(session, "print('small')")
     assert flood.truncated_bytes and small.stdout == "small\n" and small.truncated_bytes == 0
+
+
+# clear_output(wait=True) coalesced in the kernel: the client's result is the one it gets from
+# every message, and (for the loops) it got far fewer of them.
+
+PROGRESS = "from IPython.display import clear_output, display, update_display\nimport ctypes, os, sys, time\n"
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["no-spill", "spill"])
+def test_a_progress_loop_is_coalesced(sessions, spill):
+    code = PROGRESS + (
+        "for i in range(3_000):\n"
+        "    clear_output(wait=True)\n"
+        "    print(f'step {i}')\n"
+        "    if i % 7 == 0:\n"
+        "        print('warn', i, file=sys.stderr)\n"
+    )
+    result = assert_same(sessions, code, spill=spill)
+    assert result.stdout == "step 2999\n"
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "",  # a clear with nothing after it: the text before it stays
+        "42",  # a result after the clear: it clears
+        "raise ValueError('after the clear')",
+        "display('after')",
+        "update_display('updated', display_id='d')",  # an update does not set the clear off
+        "os.write(1, b'fd after\\n')",
+        "sys.stdout.flush()",
+        "clear_output(wait=True)",
+        "clear_output()\nprint('after an immediate clear')",
+    ],
+)
+def test_what_follows_a_waiting_clear(sessions, ending):
+    code = PROGRESS + (
+        "display('shown', display_id='d')\n"
+        "for i in range(200):\n"
+        "    clear_output(wait=True)\n"
+        "    print('step', i)\n"
+        "    print('err', i, file=sys.stderr)\n"
+        "print('before the last clear')\n"
+        # written holding the GIL, so that ipykernel's pipe reader cannot take it before the clear
+        "ctypes.PyDLL(None).write(1, b'fd before the clear\\n', 19)\n"
+        "clear_output(wait=True)\n"
+    ) + ending
+    ours, theirs = (run(sessions[bound, False], code)[0] for bound in (True, False))
+    for result in (ours, theirs):
+        streams = [node.name for node in result.outputs if node.output_type == "stream"]
+        assert streams[:1] in ([], ["stdout"]), result.outputs  # each step printed to stdout first
+    # Which text of stdout and stderr shares a message depends on timing, with either bound.
+    assert shown(ours) == shown(theirs)
+
+
+def shown(result: kx.ExecutionResult) -> tuple:
+    """What the client shows, but for how stdout and stderr text were grouped into messages."""
+    others = [node for node in result.outputs if node.output_type != "stream"]
+    return result.stdout, result.stderr, same_counts(json.dumps(others)), result.truncated_bytes
+
+
+def test_text_before_a_waiting_clear_is_shown_while_the_call_goes_on(sessions):
+    code = PROGRESS + "print('status')\nclear_output(wait=True)\ntime.sleep(1.5)\nprint('done')"
+    seen = []
+    result = sessions[True, False].execute(code, on_output=lambda node: seen.append(node.get("text")))
+    assert result.stdout == "done\n"
+    assert "status\n" in seen, seen  # sent with the clear after it by the 0.2 s timer
+
+
+def test_output_of_post_execute_callbacks_follows_a_waiting_clear(sessions):
+    # matplotlib's inline backend shows figures from a post_execute callback, after the code
+    register = "from IPython.display import display\n_show = lambda: display('figure')\nget_ipython().events.register('post_execute', _show)"
+    unregister = "get_ipython().events.unregister('post_execute', _show)"
+    for bound in (True, False):
+        assert sessions[bound, False].execute(register).ok
+    try:
+        result = assert_same(sessions, PROGRESS + "print('before')\nclear_output(wait=True)", spill=False, withheld=False)
+        assert "before" not in result.text and "figure" in result.text
+    finally:
+        for bound in (True, False):
+            sessions[bound, False].execute(unregister)
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["kernel-bound", "client-bound"])
+def test_fd_output_stays_before_a_display_or_clear_after_it(sessions, bound):
+    # written holding the GIL, so that the pipe's reader thread cannot forward it first
+    write = "ctypes.PyDLL(None).write(1, b'fd\\n', 3)\n"
+    code = PROGRESS + write + "display('shown')\n" + write + "clear_output(wait=True)\n"
+    for _ in range(3):
+        result, _, _ = run(sessions[bound, False], code)
+        assert [node.get("text", node.get("data", {}).get("text/plain")) for node in result.outputs] == [
+            "fd\n", "'shown'", "fd\n"
+        ]
+
+
+def test_a_write_assigned_to_a_stream_is_wrapped_and_put_back(sessions):
+    # IPython 9 assigns a recording wrapper to sys.stdout.write around every cell
+    code = PROGRESS + (
+        "seen = []\n"
+        "inner = sys.stdout.write\n"
+        "def recording(text):\n    seen.append(text)\n    return inner(text)\n"
+        "sys.stdout.write = recording\n"
+        "ctypes.PyDLL(None).write(1, b'fd\\n', 3)\n"  # still before the print that follows
+        "print('after')\n"
+        "wrapped = sys.stdout.write is not recording and sys.stdout.write.kernelexec_inner is recording\n"
+        "del sys.stdout.write\n"
+        "print(seen, wrapped, sys.stdout.write is not recording)\n"
+    )
+    result, _, _ = run(sessions[True, False], code)
+    assert result.stdout == "fd\nafter\n['after', '\\n'] True True\n", result.text
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["kernel-bound", "client-bound"])
+def test_text_after_a_coalesced_clear_keeps_its_order(sessions, bound):
+    # the forgotten stderr text must not leave its age behind: the newer stdout text goes first
+    code = PROGRESS + (
+        "print('e0', file=sys.stderr)\nclear_output(wait=True)\nprint('o1')\nprint('e1', file=sys.stderr)"
+    )
+    for _ in range(3):
+        result, _, _ = run(sessions[bound, False], code)
+        assert [(node.name, node.text) for node in result.outputs] == [("stdout", "o1\n"), ("stderr", "e1\n")]

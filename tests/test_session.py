@@ -487,3 +487,29 @@ def test_async_session_has_the_same_behaviour():
     assert ok.result == "10"
     assert timed_out.status == "timeout" and not timed_out.restarted
     assert after.result == "5"
+
+
+def test_a_cell_over_64_kib_leaves_no_thread_behind(warm_session):
+    # pyzmq sends a frame over its copy threshold (64 KiB) through a thread it starts for good;
+    # the no_leaks fixture fails the test if that thread is left in this process.
+    result = warm_session.execute("x = '" + "a" * 100_000 + "'\nlen(x)")
+    assert result.result == "100000"
+
+
+@pytest.mark.parametrize("launcher", ["fork", "spawn"])
+def test_a_failure_while_connecting_the_channels_is_raised_at_once(monkeypatch, launcher):
+    # Once, hung forever: the sockets made before the failure kept the ZMQ context from ending.
+    from kernelexec import _channels
+
+    real = _channels.channel_url
+
+    def failing(info, channel):
+        if channel == "stdin":
+            raise RuntimeError("no stdin channel today")
+        return real(info, channel)
+
+    monkeypatch.setattr(_channels, "channel_url", failing)
+    session = kx.Session(launcher=launcher, startup_timeout=20)
+    with pytest.raises(RuntimeError, match="no stdin channel today"):
+        session.start()
+    session.shutdown()
